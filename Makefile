@@ -1,0 +1,50 @@
+# Targets are described in README.md. `make test` is what CI runs (.ci/run).
+
+.DEFAULT_GOAL := build
+
+# Stamped into `chorus version`.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+# How long `make fuzz` runs each fuzz target.
+FUZZTIME ?= 30s
+# staticcheck 2026.2.2; bump deliberately, it can add findings.
+STATICCHECK_VERSION := v0.8.2
+
+.PHONY: build run test test-short chaos bench fuzz bench-fsm lint tidy
+
+build:
+	go build -ldflags "-X main.version=$(VERSION)" -o bin/chorus ./cmd/chorus
+
+run:
+	@echo "make run: the three-node local cluster (chorus dev) arrives with the node issue; not built yet" >&2
+	@exit 1
+
+# The short chaos run joins this target once the chaos harness exists.
+test:
+	go test -race -count=1 ./...
+
+test-short:
+	go test -short -count=1 ./...
+
+chaos:
+	@echo "make chaos: the chaos-test harness is not built yet" >&2
+	@exit 1
+
+bench:
+	@echo "make bench: the load generator is not built yet; see make bench-fsm" >&2
+	@exit 1
+
+fuzz:
+	go test ./fsm -run '^$$' -fuzz '^FuzzDecodeCommand$$' -fuzztime $(FUZZTIME)
+	go test ./fsm -run '^$$' -fuzz '^FuzzApply$$' -fuzztime $(FUZZTIME)
+
+bench-fsm:
+	go test ./fsm -run '^$$' -bench . -benchmem
+
+lint:
+	@out="$$(gofmt -l .)"; if [ -n "$$out" ]; then echo "gofmt -l: these files need gofmt:" >&2; echo "$$out" >&2; exit 1; fi
+	go vet ./...
+	go run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+
+tidy:
+	go mod tidy
+	git diff --exit-code go.mod go.sum

@@ -1,0 +1,81 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+)
+
+// version is stamped at build time with
+// -ldflags "-X main.version=<version>"; it is the only package-level variable.
+var version = "dev"
+
+// exitCode is the status main exits with for an error that carries none.
+const exitCode = 1
+
+// usageExitCode is the status for a command line chorus cannot act on: an
+// unknown or missing command, or one that is not implemented yet.
+const usageExitCode = 2
+
+const helpText = `chorus is a Raft-replicated live-session store for the Keyboardia step sequencer.
+
+Usage:
+  chorus <command> [flags]
+
+Commands:
+  serve     one cluster node: Raft log, peer port, HTTP and WebSocket API
+  dev       three local nodes (HTTP 127.0.0.1:8081-8083, peers :9081-9083, data under ./data), Ctrl-C stops all
+  chaos     the chaos-test harness (real node processes, nemeses, workload, checkers, report)
+  bench     the load generator (throughput, end-to-end latency, fan-out, failover)
+  version   print the version
+  help      print this help
+
+serve, dev, chaos and bench are not implemented yet.
+`
+
+// exitError is an error that tells main which status to exit with.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+func main() {
+	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "chorus:", err)
+		code := exitCode
+		if ee, ok := errors.AsType[*exitError](err); ok {
+			code = ee.code
+		}
+		os.Exit(code)
+	}
+}
+
+// run executes the command line args (without the program name), writing
+// normal output to stdout and diagnostics to stderr.
+func run(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		// Write errors to stderr are not actionable: the error returned below
+		// still reaches the user through main.
+		_, _ = io.WriteString(stderr, helpText)
+		return &exitError{code: usageExitCode, err: errors.New("no command given")}
+	}
+	switch name := args[0]; name {
+	case "help", "-h", "-help", "--help":
+		_, err := io.WriteString(stdout, helpText)
+		return err
+	case "version", "-version", "--version":
+		_, err := fmt.Fprintf(stdout, "chorus %s\n", version)
+		return err
+	case "serve", "dev", "chaos", "bench":
+		return &exitError{code: usageExitCode, err: fmt.Errorf("%s: not implemented yet", name)}
+	default:
+		return &exitError{
+			code: usageExitCode,
+			err:  fmt.Errorf("unknown command %q; run 'chorus help' for usage", name),
+		}
+	}
+}

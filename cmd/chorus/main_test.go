@@ -1,0 +1,72 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"strings"
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestRun(t *testing.T) {
+	subcommands := []string{"serve", "dev", "chaos", "bench", "version", "help"}
+	tests := []struct {
+		name       string
+		args       []string
+		wantCode   int      // 0: run succeeds
+		wantErrIn  string   // substring of the error, when wantCode != 0
+		wantStdout []string // substrings of stdout
+		wantStderr []string // substrings of stderr
+	}{
+		{name: "help", args: []string{"help"}, wantStdout: subcommands},
+		{name: "-h", args: []string{"-h"}, wantStdout: subcommands},
+		{name: "--help", args: []string{"--help"}, wantStdout: subcommands},
+		{name: "version", args: []string{"version"}, wantStdout: []string{"chorus " + version}},
+		{name: "no command", args: nil, wantCode: usageExitCode, wantErrIn: "no command", wantStderr: subcommands},
+		{name: "unknown", args: []string{"frobnicate"}, wantCode: usageExitCode, wantErrIn: "chorus help"},
+		{name: "serve", args: []string{"serve", "--id", "n1"}, wantCode: usageExitCode, wantErrIn: "serve: not implemented yet"},
+		{name: "dev", args: []string{"dev"}, wantCode: usageExitCode, wantErrIn: "dev: not implemented yet"},
+		{name: "chaos", args: []string{"chaos"}, wantCode: usageExitCode, wantErrIn: "chaos: not implemented yet"},
+		{name: "bench", args: []string{"bench"}, wantCode: usageExitCode, wantErrIn: "bench: not implemented yet"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			err := run(tt.args, &stdout, &stderr)
+			if tt.wantCode == 0 {
+				if err != nil {
+					t.Fatalf("run(%q) = %v, want nil", tt.args, err)
+				}
+			} else {
+				ee, ok := errors.AsType[*exitError](err)
+				if !ok {
+					t.Fatalf("run(%q) = %v, want an *exitError", tt.args, err)
+				}
+				if ee.code != tt.wantCode {
+					t.Errorf("exit code = %d, want %d", ee.code, tt.wantCode)
+				}
+				// The message is what the user reads, so its wording is the
+				// behaviour under test here.
+				if !strings.Contains(err.Error(), tt.wantErrIn) {
+					t.Errorf("error %q does not contain %q", err, tt.wantErrIn)
+				}
+			}
+			for _, s := range tt.wantStdout {
+				if !strings.Contains(stdout.String(), s) {
+					t.Errorf("stdout does not contain %q:\n%s", s, stdout.String())
+				}
+			}
+			for _, s := range tt.wantStderr {
+				if !strings.Contains(stderr.String(), s) {
+					t.Errorf("stderr does not contain %q:\n%s", s, stderr.String())
+				}
+			}
+			if tt.wantStdout == nil && stdout.Len() > 0 {
+				t.Errorf("unexpected stdout:\n%s", stdout.String())
+			}
+		})
+	}
+}
