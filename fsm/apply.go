@@ -383,7 +383,7 @@ func (s *State) playerJoin(index uint64, c Command) (Result, []Event) {
 	var events []Event
 	if c.Epoch > ns.epoch {
 		// The node's first join in a new incarnation implies its epoch.
-		events = s.setEpoch(c.Node, nodeState{epoch: c.Epoch})
+		events = s.setEpoch(c.Node, nodeState{epoch: c.Epoch, httpAddr: ns.httpAddr})
 		sess = s.writable(c.Session)
 	}
 	if _, ok := sess.Player(c.Player); ok || c.Player == "" {
@@ -467,12 +467,12 @@ func (s *State) nodeEpoch(index uint64, c Command) (Result, []Event) {
 		if c.Epoch <= ns.epoch {
 			return Result{Status: StatusStaleEpoch, Index: index}, nil
 		}
-		return Result{Status: StatusOK, Index: index}, s.setEpoch(c.Node, nodeState{epoch: c.Epoch})
+		return Result{Status: StatusOK, Index: index}, s.setEpoch(c.Node, nodeState{epoch: c.Epoch, httpAddr: c.Addr})
 	}
 	if c.Epoch < ns.epoch || (c.Epoch == ns.epoch && ns.reaped) {
 		return Result{Status: StatusStaleEpoch, Index: index}, nil
 	}
-	return Result{Status: StatusOK, Index: index}, s.setEpoch(c.Node, nodeState{epoch: c.Epoch, reaped: true})
+	return Result{Status: StatusOK, Index: index}, s.setEpoch(c.Node, nodeState{epoch: c.Epoch, reaped: true, httpAddr: ns.httpAddr})
 }
 
 // setEpoch records a node's epoch and drops its players that the new epoch

@@ -193,6 +193,8 @@ type Command struct {
 	// or which one node_epoch and reap_node are about.
 	Node  string `json:"node,omitempty"`
 	Epoch uint64 `json:"epoch,omitempty"`
+	// Addr is the client (HTTP) address a node announces with node_epoch.
+	Addr string `json:"addr,omitempty"`
 
 	TrackID  string  `json:"trackId,omitempty"`
 	Step     int     `json:"step,omitempty"`

@@ -62,6 +62,7 @@ func (s *State) WriteSnapshot(w io.Writer) error {
 		e.str(n)
 		e.uvarint(s.nodes[n].epoch)
 		e.bool(s.nodes[n].reaped)
+		e.str(s.nodes[n].httpAddr)
 	}
 
 	e.uvarint(uint64(len(s.tombs)))
@@ -448,7 +449,7 @@ func (d *decoder) stateV1() *State {
 	s.index = d.uvarint()
 	for n := d.count("nodes"); n > 0 && d.err == nil; n-- {
 		node := d.str()
-		s.nodes[node] = nodeState{epoch: d.uvarint(), reaped: d.bool()}
+		s.nodes[node] = nodeState{epoch: d.uvarint(), reaped: d.bool(), httpAddr: d.str()}
 	}
 	nt := d.small(tombLen, "tombstones")
 	for i := uint64(0); i < nt && d.err == nil; i++ {

@@ -16,8 +16,9 @@ type shard struct {
 }
 
 type nodeState struct {
-	epoch  uint64
-	reaped bool
+	epoch    uint64
+	reaped   bool
+	httpAddr string // where the node serves clients, as it announced with its epoch
 }
 
 type tomb struct {
@@ -81,6 +82,10 @@ func (s *State) NodeEpoch(node string) (epoch uint64, reaped bool) {
 	ns := s.nodes[node]
 	return ns.epoch, ns.reaped
 }
+
+// NodeHTTPAddr returns the client address a node announced with its latest
+// epoch, or "" if it never did.
+func (s *State) NodeHTTPAddr(node string) string { return s.nodes[node].httpAddr }
 
 // Clone returns a copy of the state that shares every session with s. Apply on
 // s (or on the clone) never changes what the other sees. It costs O(shards +
