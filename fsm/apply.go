@@ -91,6 +91,7 @@ func (s *State) create(index uint64, c Command) Result {
 		if st, err = ParseSessionState(c.State); err != nil {
 			return Result{Status: StatusInvalid, Index: index}
 		}
+		st.Version = 1 // every write stores schema version 1 (PROTOCOL.md §2.2)
 	}
 	sess := &Session{
 		ID: c.Session, State: st,
@@ -355,6 +356,7 @@ func (st *SessionState) mutate(c Command) (ev *Event, ok bool) {
 			return nil, false
 		}
 		st.Effects = &e
+		st.extra = st.extra.without("effects") // a wrong-typed one would repeat the key
 		ev.Type, ev.Effects = EventEffectsChanged, &e
 	case KindSetFMParams:
 		fm, ok := parseFM(c.Payload)
@@ -363,6 +365,7 @@ func (st *SessionState) mutate(c Command) (ev *Event, ok bool) {
 		}
 		fm = clampFM(fm)
 		t.FM = &fm
+		t.extra = t.extra.without("fmParams") // a wrong-typed one would repeat the key
 		ev.Type, ev.FM = EventFMParamsChanged, &fm
 	}
 	return ev, true

@@ -246,7 +246,8 @@ func Decode(b []byte) (Command, error) {
 	if err := dec.Decode(&env); err != nil {
 		return Command{}, fmt.Errorf("decode command: %w", err)
 	}
-	if dec.More() {
+	// dec.More does not see a stray ']' or '}' after the value; check the rest by hand.
+	if len(bytes.TrimSpace(b[dec.InputOffset():])) > 0 {
 		return Command{}, errors.New("decode command: trailing data")
 	}
 	switch {

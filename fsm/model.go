@@ -265,7 +265,20 @@ func (t *SessionTrack) Has(f Field) bool { return t.has&f != 0 }
 func (t *SessionTrack) IsNull(f Field) bool { return t.null&f != 0 }
 
 // Set marks the field present with a value; the caller sets the value itself.
-func (t *SessionTrack) Set(f Field) { t.has |= f; t.null &^= f }
+// A value of the wrong type kept for that key among the unknown keys is
+// dropped: AppendJSON would otherwise write the key twice.
+func (t *SessionTrack) Set(f Field) {
+	t.has |= f
+	t.null &^= f
+	for i, key := range fieldKeys {
+		if t.extra != nil && f&(1<<i) != 0 {
+			t.extra = t.extra.without(key)
+		}
+	}
+}
+
+// fieldKeys are the JSON keys of the optional fields, in Field bit order.
+var fieldKeys = [...]string{"name", "sampleId", "volume", "muted", "soloed", "playbackMode", "transpose", "stepCount"}
 
 // SetNull marks the field present and null.
 func (t *SessionTrack) SetNull(f Field) { t.has |= f; t.null |= f }

@@ -13,6 +13,9 @@ import (
 // Parsing is lenient and deterministic: a known key whose value has an
 // unexpected type is kept verbatim among the unknown keys, so nothing a client
 // sent is lost, and every replica that parses the same bytes gets the same model.
+// The exception is a key that AppendJSON always writes from the model (state
+// tracks, tempo, swing and version; track steps and parameterLocks): keeping it
+// too would send the key twice, and JSON.parse keeps the last one.
 
 // member is one key of a JSON object that the model does not interpret.
 type member struct {
@@ -242,7 +245,9 @@ func ParseSessionState(raw []byte) (SessionState, error) {
 		default:
 			typed = false
 		}
-		if typed {
+		// AppendJSON always writes tracks, tempo, swing and version, so a
+		// wrong-typed one kept among the unknown keys would repeat the key.
+		if typed || key == "tracks" || key == "tempo" || key == "swing" || key == "version" {
 			st.extra = st.extra.without(key)
 		} else {
 			st.extra = st.extra.with(key, val)
@@ -329,7 +334,9 @@ func parseTrack(raw []byte) (SessionTrack, bool) {
 		default:
 			typed = false
 		}
-		if typed {
+		// AppendJSON always writes steps and parameterLocks (as 128-entry
+		// arrays): a wrong-typed one reads as empty, not as an unknown key.
+		if typed || key == "steps" || key == "parameterLocks" {
 			t.extra = t.extra.without(key)
 		} else {
 			t.extra = t.extra.with(key, val)
@@ -455,12 +462,15 @@ func parseEffects(raw []byte) (EffectsState, bool) {
 	}
 	var wets int
 	sub := func(val json.RawMessage, fields map[string]*float64, wet *float64, time *string) {
+		// Counted once per object, so a duplicate "wet" key cannot stand in for a missing one.
+		wetOK := false
 		_ = eachMember(val, func(key string, v json.RawMessage) { // a non-object counts as missing
 			if key == "wet" {
-				if n, ok := parseNumber(v); ok {
+				n, ok := parseNumber(v)
+				if ok {
 					*wet = n
-					wets++
 				}
+				wetOK = ok // the last duplicate decides, as in JSON.parse
 				return
 			}
 			if key == "time" && time != nil {
@@ -480,24 +490,26 @@ func parseEffects(raw []byte) (EffectsState, bool) {
 				}
 			}
 		})
+		if wetOK {
+			wets++
+		}
 	}
-	seen := map[string]bool{}
-	err := eachMember(raw, func(key string, val json.RawMessage) {
-		if seen[key] {
-			return // JSON.parse keeps the last duplicate; a duplicate here is not worth a second pass
-		}
-		seen[key] = true
-		switch key {
-		case "reverb":
-			sub(val, map[string]*float64{"decay": &e.ReverbDecay}, &e.ReverbWet, nil)
-		case "delay":
-			sub(val, map[string]*float64{"feedback": &e.DelayFeedback}, &e.DelayWet, &e.DelayTime)
-		case "chorus":
-			sub(val, map[string]*float64{"frequency": &e.ChorusFrequency, "depth": &e.ChorusDepth}, &e.ChorusWet, nil)
-		case "distortion":
-			sub(val, map[string]*float64{"amount": &e.DistortionAmount}, &e.DistortionWet, nil)
-		}
-	})
+	// JSON.parse keeps the last of duplicate keys: collect the last of each
+	// group first, then read them once.
+	groups := map[string]json.RawMessage{}
+	err := eachMember(raw, func(key string, val json.RawMessage) { groups[key] = val })
+	if v, ok := groups["reverb"]; ok {
+		sub(v, map[string]*float64{"decay": &e.ReverbDecay}, &e.ReverbWet, nil)
+	}
+	if v, ok := groups["delay"]; ok {
+		sub(v, map[string]*float64{"feedback": &e.DelayFeedback}, &e.DelayWet, &e.DelayTime)
+	}
+	if v, ok := groups["chorus"]; ok {
+		sub(v, map[string]*float64{"frequency": &e.ChorusFrequency, "depth": &e.ChorusDepth}, &e.ChorusWet, nil)
+	}
+	if v, ok := groups["distortion"]; ok {
+		sub(v, map[string]*float64{"amount": &e.DistortionAmount}, &e.DistortionWet, nil)
+	}
 	if err != nil || wets < 4 {
 		return EffectsState{}, false
 	}

@@ -112,7 +112,9 @@ func validateTrack(i int, raw json.RawMessage) []string {
 	return details
 }
 
-var unsafeName = regexp.MustCompile(`(?i)<script|javascript:|on\w+\s*=`)
+// unsafeName is the pattern of PROTOCOL.md §1.4.2 as a JavaScript regex reads
+// it. RE2's \s is ASCII-only, so JavaScript's \s (see isJSSpace) is spelled out.
+var unsafeName = regexp.MustCompile(`(?i)<script|javascript:|on\w+[\t\n\v\f\r \x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}\x{feff}]*=`)
 
 // ValidateName applies the name rules (PROTOCOL.md §1.4.2) to a raw JSON name
 // value. It returns the failed rules' messages, nil when the name is acceptable.
