@@ -1,14 +1,25 @@
-// Package transport owns everything that crosses a wire. It is not built yet:
-// it arrives in a later issue, and until then it holds only this comment and
-// its TestMain.
+// Package transport owns everything that crosses a wire.
 //
-// It will own the client HTTP and WebSocket API that the Keyboardia client
-// speaks, the peer port (the first-byte stream mux, peer authentication, the
-// Raft stream layer and the node-to-node RPC client and server for
-// forwarding, read index, cursor relay and join), the mapping of errors to
-// close codes and RPC status, and the embedded web client.
+// The peer port (peer.go) is built. Each node has one peer TCP listener
+// that carries both hashicorp/raft's stream traffic and chorus's own RPCs.
+// Every connection, in either direction, first passes a mutual HMAC-SHA256
+// challenge over the cluster secret (handshake.go); a connection that fails
+// it is closed before its stream-kind byte, or any byte after it, is read.
+// The kind byte then selects a raft stream, handed out by
+// Peer.RaftListener and opened by Peer.DialRaft (node wraps the two into a
+// raft.StreamLayer), or a multiplexed RPC connection (rpc.go): Peer.Call on
+// one side, an RPCHandler on the other, with one persistent connection per
+// target address, bounded handler concurrency and errors mapped to RPC codes
+// in one function. Outgoing dials bind to the host of the listen address, so
+// per-address firewall rules can cut single links. Faults (faults.go) lets
+// tests refuse, drop or delay each directed link between node ids; product
+// code passes nil.
+//
+// Still to come: the Keyboardia client's HTTP and WebSocket API, the mapping
+// of errors to close codes, and the embedded web client.
 //
 // It must not import node or fsm, and must not touch raft: node translates
 // between the client wire types defined here and the replicated fsm.Command,
-// so that a protocol change never rewrites the log.
+// so that a protocol change never rewrites the log, and adapts the peer port
+// to raft's interfaces itself.
 package transport

@@ -1,0 +1,199 @@
+package transport
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// Sentinel errors that a Cluster implementation wraps so that the HTTP layer
+// can pick a status without knowing the node's types.
+var (
+	// ErrBadRequest: the request cannot be carried out as asked (400).
+	ErrBadRequest = errors.New("bad request")
+	// ErrUnavailable: try again later (503). An error that also implements
+	// RetryAfterHint sets the Retry-After header.
+	ErrUnavailable = errors.New("unavailable")
+)
+
+// RetryAfterHint is implemented by errors that know when to retry.
+type RetryAfterHint interface{ RetryAfterHint() time.Duration }
+
+// Cluster is what the admin and health routes need from a node.
+type Cluster interface {
+	// ClusterStatus returns the JSON-encodable status of DESIGN.md §7.
+	ClusterStatus() any
+	// Ready reports whether the node has a leader and has caught up.
+	Ready() bool
+	AddMember(ctx context.Context, id, peerAddr, httpAddr string, voter bool) error
+	RemoveMember(ctx context.Context, id string) error
+	TransferLeadership(ctx context.Context, target string) error
+}
+
+// AdminConfig configures the cluster routes.
+type AdminConfig struct {
+	Cluster Cluster
+	// AdminToken guards the membership and leadership routes. Empty disables them.
+	AdminToken string
+	Logger     hclog.Logger
+	// Timeout bounds each admin operation. Default 15s.
+	Timeout time.Duration
+}
+
+// AdminHandler serves /cluster/status, /cluster/members, /cluster/leadership-transfer,
+// /healthz and /readyz on mux.
+func AdminHandler(mux *http.ServeMux, cfg AdminConfig) {
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = 15 * time.Second
+	}
+	a := &admin{cfg: cfg, log: cfg.Logger.Named("admin")}
+	mux.HandleFunc("GET /cluster/status", a.status)
+	mux.HandleFunc("POST /cluster/members", a.guard(a.addMember))
+	mux.HandleFunc("DELETE /cluster/members/{id}", a.guard(a.removeMember))
+	mux.HandleFunc("POST /cluster/leadership-transfer", a.guard(a.transfer))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !cfg.Cluster.Ready() {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"ready": false, "error": "no leader yet, or still catching up"})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"ready": true})
+	})
+}
+
+type admin struct {
+	cfg AdminConfig
+	log hclog.Logger
+}
+
+// maxAdminBody bounds admin request bodies.
+const maxAdminBody = 64 << 10
+
+func (a *admin) status(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, a.cfg.Cluster.ClusterStatus())
+}
+
+// guard checks the bearer token in constant time: 401 without one, 403 for a wrong one.
+func (a *admin) guard(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if a.cfg.AdminToken == "" {
+			writeError(w, http.StatusForbidden, "admin API disabled: the node has no admin token")
+			return
+		}
+		auth := r.Header.Get("Authorization")
+		token, ok := strings.CutPrefix(auth, "Bearer ")
+		if !ok || token == "" {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="chorus"`)
+			writeError(w, http.StatusUnauthorized, "admin token required (Authorization: Bearer <token>)")
+			return
+		}
+		if subtle.ConstantTimeCompare([]byte(token), []byte(a.cfg.AdminToken)) != 1 {
+			a.log.Warn("admin request with a wrong token", "remote_addr", r.RemoteAddr, "path", r.URL.Path)
+			writeError(w, http.StatusForbidden, "wrong admin token")
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), a.cfg.Timeout)
+		defer cancel()
+		h(w, r.WithContext(ctx))
+	}
+}
+
+func (a *admin) addMember(w http.ResponseWriter, r *http.Request) {
+	var body struct {
+		ID       string `json:"id"`
+		PeerAddr string `json:"peerAddr"`
+		HTTPAddr string `json:"httpAddr"`
+		Voter    *bool  `json:"voter"`
+	}
+	if !readJSON(w, r, &body) {
+		return
+	}
+	if body.ID == "" || body.PeerAddr == "" {
+		writeError(w, http.StatusBadRequest, "id and peerAddr are required")
+		return
+	}
+	voter := body.Voter == nil || *body.Voter
+	if err := a.cfg.Cluster.AddMember(r.Context(), body.ID, body.PeerAddr, body.HTTPAddr, voter); err != nil {
+		a.fail(w, "add member", err)
+		return
+	}
+	a.log.Info("member added", "member_id", body.ID, "peer_addr", body.PeerAddr, "voter", voter)
+	writeJSON(w, http.StatusOK, a.cfg.Cluster.ClusterStatus())
+}
+
+func (a *admin) removeMember(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if err := a.cfg.Cluster.RemoveMember(r.Context(), id); err != nil {
+		a.fail(w, "remove member", err)
+		return
+	}
+	a.log.Info("member removed", "member_id", id)
+	writeJSON(w, http.StatusOK, a.cfg.Cluster.ClusterStatus())
+}
+
+func (a *admin) transfer(w http.ResponseWriter, r *http.Request) {
+	var body struct {
+		ID string `json:"id"`
+	}
+	if r.ContentLength != 0 && !readJSON(w, r, &body) {
+		return
+	}
+	if err := a.cfg.Cluster.TransferLeadership(r.Context(), body.ID); err != nil {
+		a.fail(w, "leadership transfer", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, a.cfg.Cluster.ClusterStatus())
+}
+
+// fail maps an operation's error to a status; clients never see internals
+// beyond the error's own text for bad requests.
+func (a *admin) fail(w http.ResponseWriter, op string, err error) {
+	switch {
+	case errors.Is(err, ErrBadRequest):
+		writeError(w, http.StatusBadRequest, err.Error())
+	case errors.Is(err, ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
+		var hint RetryAfterHint
+		if errors.As(err, &hint) {
+			w.Header().Set("Retry-After", strconv.Itoa(max(1, int(hint.RetryAfterHint().Round(time.Second)/time.Second))))
+		}
+		writeError(w, http.StatusServiceUnavailable, op+": cluster unavailable, try again later")
+	default:
+		a.log.Error("admin operation failed", "op", op, "error", err)
+		writeError(w, http.StatusInternalServerError, op+" failed")
+	}
+}
+
+func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxAdminBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		writeError(w, http.StatusBadRequest, "invalid JSON body")
+		return false
+	}
+	return true
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(v) // the status line is out; a broken connection has no one left to tell
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, map[string]string{"error": msg})
+}
