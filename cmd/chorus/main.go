@@ -31,7 +31,8 @@ Commands:
   version   print the version
   help      print this help
 
-serve, dev, chaos and bench are not implemented yet.
+Run 'chorus <command> -h' for a command's flags. dev, chaos and bench are not
+implemented yet.
 `
 
 // exitError is an error that tells main which status to exit with.
@@ -70,7 +71,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 	case "version", "-version", "--version":
 		_, err := fmt.Fprintf(stdout, "chorus %s\n", version)
 		return err
-	case "serve", "dev", "chaos", "bench":
+	case "serve":
+		return serve(args[1:], stdout, stderr, os.Getenv)
+	case "dev", "chaos", "bench":
 		return &exitError{code: usageExitCode, err: fmt.Errorf("%s: not implemented yet", name)}
 	default:
 		return &exitError{

@@ -1,0 +1,205 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"chorus/node"
+	"chorus/transport"
+)
+
+// serveFlags are the flags of chorus serve; each has a CHORUS_* environment twin.
+type serveFlags struct {
+	id, dataDir, httpAddr, peerAddr, advertise, peers string
+	secret, adminToken                                string
+	logLevel, logFormat                               string
+	heartbeat, election, lease                        time.Duration
+	snapshotThreshold                                 uint64
+	snapshotInterval                                  time.Duration
+	presenceTimeout                                   time.Duration
+}
+
+func (f *serveFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.id, "id", "", "node id, stable for the life of the node (required)")
+	fs.StringVar(&f.dataDir, "data-dir", "", "directory for the raft log, snapshots and epoch (required)")
+	fs.StringVar(&f.httpAddr, "http-addr", "127.0.0.1:8081", "client HTTP and WebSocket listen address")
+	fs.StringVar(&f.peerAddr, "peer-addr", "127.0.0.1:9081", "peer port listen address (raft and node-to-node RPC)")
+	fs.StringVar(&f.advertise, "advertise-addr", "", "peer address other nodes dial (default: the bound --peer-addr)")
+	fs.StringVar(&f.peers, "peers", "", "initial cluster as id=host:port,... including this node; used once, to bootstrap an empty data dir")
+	fs.StringVar(&f.secret, "cluster-secret", "", "shared secret that authenticates peer connections (required)")
+	fs.StringVar(&f.adminToken, "admin-token", "", "bearer token for the admin routes (/cluster/members, /cluster/leadership-transfer); empty disables them")
+	fs.StringVar(&f.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
+	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
+	fs.DurationVar(&f.heartbeat, "heartbeat-timeout", 500*time.Millisecond, "raft heartbeat timeout")
+	fs.DurationVar(&f.election, "election-timeout", 500*time.Millisecond, "raft election timeout")
+	fs.DurationVar(&f.lease, "lease-timeout", 250*time.Millisecond, "raft leader lease timeout")
+	fs.Uint64Var(&f.snapshotThreshold, "snapshot-threshold", 8192, "log entries between snapshots")
+	fs.DurationVar(&f.snapshotInterval, "snapshot-interval", 30*time.Second, "how often to check whether a snapshot is due")
+	fs.DurationVar(&f.presenceTimeout, "presence-timeout", 15*time.Second, "how long a node may be unreachable before the leader drops its players (negative: never)")
+}
+
+// envName is the environment twin of a flag: --data-dir is CHORUS_DATA_DIR.
+func envName(flagName string) string {
+	return "CHORUS_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// parseWithEnv sets each flag from its environment twin, then parses args,
+// which win over the environment.
+func parseWithEnv(fs *flag.FlagSet, args []string, getenv func(string) string) error {
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		if v := getenv(envName(f.Name)); v != "" {
+			if err := fs.Set(f.Name, v); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", envName(f.Name), err))
+			}
+		}
+	})
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return fs.Parse(args)
+}
+
+// parsePeers reads "n1=127.0.0.1:9081,n2=127.0.0.1:9082".
+func parsePeers(s string) ([]node.Peer, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	var peers []node.Peer
+	for _, part := range strings.Split(s, ",") {
+		id, addr, ok := strings.Cut(strings.TrimSpace(part), "=")
+		if !ok || id == "" || addr == "" {
+			return nil, fmt.Errorf("--peers: %q is not id=host:port", part)
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return nil, fmt.Errorf("--peers: %s: %w", id, err)
+		}
+		peers = append(peers, node.Peer{ID: id, Addr: addr})
+	}
+	return peers, nil
+}
+
+func newLogger(level, format string, out io.Writer) (hclog.Logger, error) {
+	lvl := hclog.LevelFromString(level)
+	if lvl == hclog.NoLevel {
+		return nil, fmt.Errorf("--log-level %q: want trace, debug, info, warn or error", level)
+	}
+	if format != "text" && format != "json" {
+		return nil, fmt.Errorf("--log-format %q: want text or json", format)
+	}
+	return hclog.New(&hclog.LoggerOptions{
+		Name: "chorus", Level: lvl, Output: out, JSONFormat: format == "json",
+		TimeFormat: "15:04:05.000",
+	}), nil
+}
+
+func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	fs := flag.NewFlagSet("chorus serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var f serveFlags
+	f.register(fs)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: chorus serve --id ID --data-dir DIR --cluster-secret S [flags]\n\nRuns one cluster node. Every flag can also be set by its CHORUS_* environment twin\n(--data-dir is CHORUS_DATA_DIR); flags win over the environment.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err := parseWithEnv(fs, args, getenv); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return &exitError{code: usageExitCode, err: err}
+	}
+	if fs.NArg() > 0 {
+		return &exitError{code: usageExitCode, err: fmt.Errorf("serve: unexpected argument %q", fs.Arg(0))}
+	}
+	var missing []string
+	for name, v := range map[string]string{"id": f.id, "data-dir": f.dataDir, "cluster-secret": f.secret} {
+		if v == "" {
+			missing = append(missing, "--"+name)
+		}
+	}
+	if len(missing) > 0 {
+		return &exitError{code: usageExitCode, err: fmt.Errorf("serve: missing %s (or their CHORUS_* variables)", strings.Join(missing, ", "))}
+	}
+	peers, err := parsePeers(f.peers)
+	if err != nil {
+		return &exitError{code: usageExitCode, err: err}
+	}
+	log, err := newLogger(f.logLevel, f.logFormat, stderr)
+	if err != nil {
+		return &exitError{code: usageExitCode, err: err}
+	}
+	log = log.With("node_id", f.id)
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return runNode(ctx, log, nodeOptions{
+		cfg: node.Config{
+			ID: f.id, DataDir: f.dataDir, PeerAddr: f.peerAddr, AdvertiseAddr: f.advertise,
+			HTTPAddr: f.httpAddr, Peers: peers, ClusterSecret: []byte(f.secret), Logger: log,
+			HeartbeatTimeout: f.heartbeat, ElectionTimeout: f.election, LeaderLeaseTimeout: f.lease,
+			SnapshotThreshold: f.snapshotThreshold, SnapshotInterval: f.snapshotInterval,
+			PresenceTimeout: f.presenceTimeout,
+		},
+		httpAddr:   f.httpAddr,
+		adminToken: f.adminToken,
+	})
+}
+
+type nodeOptions struct {
+	cfg        node.Config
+	httpAddr   string
+	adminToken string
+}
+
+// runNode starts a node and its HTTP server and runs them until ctx ends;
+// then it hands leadership over, closes the HTTP server and stops the node.
+func runNode(ctx context.Context, log hclog.Logger, o nodeOptions) error {
+	ln, err := net.Listen("tcp", o.httpAddr)
+	if err != nil {
+		return fmt.Errorf("listen http: %w", err)
+	}
+	o.cfg.HTTPAddr = ln.Addr().String()
+	n, err := node.New(o.cfg)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	mux := http.NewServeMux()
+	transport.AdminHandler(mux, transport.AdminConfig{Cluster: n, AdminToken: o.adminToken, Logger: log})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true})}
+	log.Info("listening", "http_addr", ln.Addr().String(), "peer_addr", n.PeerAddr())
+
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	var serveErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case serveErr = <-served:
+		log.Error("http server stopped", "error", serveErr)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	shutdownErr := n.Shutdown(sctx)
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("http shutdown", "error", err)
+	}
+	if serveErr == nil {
+		if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+			serveErr = err
+		}
+	}
+	return errors.Join(serveErr, shutdownErr)
+}

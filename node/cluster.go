@@ -1,0 +1,247 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/hashicorp/raft"
+
+	"chorus/fsm"
+	"chorus/transport"
+)
+
+// Status is what GET /cluster/status reports (DESIGN.md §7).
+type Status struct {
+	ID           string   `json:"id"`
+	State        string   `json:"state"` // leader, follower, candidate or shutdown
+	Leader       Leader   `json:"leader"`
+	Term         uint64   `json:"term"`
+	AppliedIndex uint64   `json:"appliedIndex"`
+	CommitIndex  uint64   `json:"commitIndex"`
+	LastLogIndex uint64   `json:"lastLogIndex"`
+	Members      []Member `json:"members"`
+}
+
+// Leader identifies the current leader; both fields are empty when there is none.
+type Leader struct {
+	ID       string `json:"id"`
+	HTTPAddr string `json:"httpAddr"`
+}
+
+// Member is one server of the raft configuration.
+type Member struct {
+	ID       string `json:"id"`
+	PeerAddr string `json:"peerAddr"`
+	HTTPAddr string `json:"httpAddr"`
+	Voter    bool   `json:"voter"`
+}
+
+// Status reports this node's view of the cluster. HTTP addresses are those
+// the nodes announced through the log.
+func (n *Node) Status() Status {
+	st := Status{
+		ID:           n.cfg.ID,
+		State:        strings.ToLower(n.raft.State().String()),
+		Term:         n.raft.CurrentTerm(),
+		AppliedIndex: n.fsm.applied.Load(),
+		CommitIndex:  n.raft.CommitIndex(),
+		LastLogIndex: n.raft.LastIndex(),
+		Members:      []Member{},
+	}
+	_, leaderID := n.raft.LeaderWithID()
+	var servers []raft.Server
+	if f := n.raft.GetConfiguration(); f.Error() == nil {
+		servers = f.Configuration().Servers
+	}
+	n.fsm.view(func(s *fsm.State, _ uint64) {
+		addr := func(id string) string {
+			if id == n.cfg.ID && n.cfg.HTTPAddr != "" {
+				return n.cfg.HTTPAddr
+			}
+			return s.NodeHTTPAddr(id)
+		}
+		if leaderID != "" {
+			st.Leader = Leader{ID: string(leaderID), HTTPAddr: addr(string(leaderID))}
+		}
+		for _, srv := range servers {
+			st.Members = append(st.Members, Member{
+				ID: string(srv.ID), PeerAddr: string(srv.Address),
+				HTTPAddr: addr(string(srv.ID)), Voter: srv.Suffrage == raft.Voter,
+			})
+		}
+	})
+	return st
+}
+
+// MemberChange is a request to add or remove a server.
+type MemberChange struct {
+	Remove   bool   `json:"remove,omitempty"`
+	ID       string `json:"id"`
+	PeerAddr string `json:"peerAddr,omitempty"`
+	HTTPAddr string `json:"httpAddr,omitempty"`
+	Voter    bool   `json:"voter"`
+}
+
+// ErrBadRequest wraps membership requests that cannot be carried out as asked.
+var ErrBadRequest = transport.ErrBadRequest
+
+var _ transport.Cluster = (*Node)(nil)
+
+// ClusterStatus returns Status for the HTTP layer.
+func (n *Node) ClusterStatus() any { return n.Status() }
+
+// AddMember adds a voter or non-voter; see ChangeMember.
+func (n *Node) AddMember(ctx context.Context, id, peerAddr, httpAddr string, voter bool) error {
+	return n.ChangeMember(ctx, MemberChange{ID: id, PeerAddr: peerAddr, HTTPAddr: httpAddr, Voter: voter})
+}
+
+// RemoveMember removes a server; see ChangeMember.
+func (n *Node) RemoveMember(ctx context.Context, id string) error {
+	return n.ChangeMember(ctx, MemberChange{Remove: true, ID: id})
+}
+
+// ChangeMember adds (as a voter or non-voter) or removes a server. Any node
+// accepts it and forwards it to the leader.
+func (n *Node) ChangeMember(ctx context.Context, m MemberChange) error {
+	if m.ID == "" || (!m.Remove && m.PeerAddr == "") {
+		return fmt.Errorf("%w: id and peerAddr are required", ErrBadRequest)
+	}
+	req, err := json.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("encode member change: %w", err)
+	}
+	return n.retry(ctx, func(ctx context.Context) error {
+		return n.onLeader(ctx, rpcMember, req, func() error { return n.serveMember(ctx, req) })
+	})
+}
+
+// TransferLeadership hands leadership to target, or to any up-to-date voter
+// when target is empty. Any node accepts it and forwards it to the leader.
+func (n *Node) TransferLeadership(ctx context.Context, target string) error {
+	return n.retry(ctx, func(ctx context.Context) error {
+		return n.onLeader(ctx, rpcTransfer, []byte(target), func() error { return n.serveTransfer(target) })
+	})
+}
+
+// onLeader runs local on the leader, or calls the leader's method over RPC.
+func (n *Node) onLeader(ctx context.Context, method uint8, req []byte, local func() error) error {
+	addr, id := n.raft.LeaderWithID()
+	switch {
+	case id == "":
+		return errNoLeaderNow
+	case string(id) == n.cfg.ID:
+		return local()
+	}
+	if _, err := n.peer.Call(ctx, string(addr), method, req); err != nil {
+		var re *transport.RPCError
+		if errors.As(err, &re) && re.Code == codeBadInput {
+			return fmt.Errorf("%w: %s", ErrBadRequest, re.Msg)
+		}
+		return n.rpcErr(err)
+	}
+	return nil
+}
+
+func (n *Node) serveMember(_ context.Context, req []byte) error {
+	if n.raft.State() != raft.Leader {
+		return leaderRPCErr(&retryError{ErrNotLeader})
+	}
+	var m MemberChange
+	if err := json.Unmarshal(req, &m); err != nil {
+		return &transport.RPCError{Code: codeBadInput, Msg: "malformed member change"}
+	}
+	var f raft.IndexFuture
+	switch {
+	case m.Remove:
+		f = n.raft.RemoveServer(raft.ServerID(m.ID), 0, n.cfg.ApplyTimeout)
+	case m.Voter:
+		f = n.raft.AddVoter(raft.ServerID(m.ID), raft.ServerAddress(m.PeerAddr), 0, n.cfg.ApplyTimeout)
+	default:
+		f = n.raft.AddNonvoter(raft.ServerID(m.ID), raft.ServerAddress(m.PeerAddr), 0, n.cfg.ApplyTimeout)
+	}
+	if err := f.Error(); err != nil {
+		return leaderRPCErr(raftErr(err))
+	}
+	n.log.Info("membership changed", "member_id", m.ID, "remove", m.Remove, "voter", m.Voter, "peer_addr", m.PeerAddr)
+	return nil
+}
+
+func (n *Node) serveTransfer(target string) error {
+	if n.raft.State() != raft.Leader {
+		return leaderRPCErr(&retryError{ErrNotLeader})
+	}
+	var f raft.Future
+	if target == "" {
+		f = n.raft.LeadershipTransfer()
+	} else {
+		addr := ""
+		if cf := n.raft.GetConfiguration(); cf.Error() == nil {
+			for _, s := range cf.Configuration().Servers {
+				if string(s.ID) == target {
+					addr = string(s.Address)
+				}
+			}
+		}
+		if addr == "" {
+			return &transport.RPCError{Code: codeBadInput, Msg: "unknown member " + target}
+		}
+		if target == n.cfg.ID {
+			return nil // already leads
+		}
+		f = n.raft.LeadershipTransferToServer(raft.ServerID(target), raft.ServerAddress(addr))
+	}
+	if err := f.Error(); err != nil {
+		return leaderRPCErr(raftErr(err))
+	}
+	n.log.Info("leadership transferred", "target", target)
+	return nil
+}
+
+// View runs fn with the local state under the read lock, without a read
+// barrier (a stale read). fn must not keep pointers into the state.
+func (n *Node) View(fn func(st *fsm.State, index uint64)) { n.fsm.view(fn) }
+
+// Read passes the read barrier, then runs fn like View: a linearizable read.
+func (n *Node) Read(ctx context.Context, fn func(st *fsm.State, index uint64)) error {
+	if err := n.Barrier(ctx); err != nil {
+		return err
+	}
+	n.fsm.view(fn)
+	return nil
+}
+
+// Subscribe renders the session's snapshot with fn (under the read lock, at
+// the index it passes) and returns a subscription to every later event of
+// the session. Callers that need a linearizable snapshot pass Barrier first.
+func (n *Node) Subscribe(session string, fn func(s *fsm.Session, index uint64)) (*Subscription, error) {
+	if n.raft.State() == raft.Shutdown {
+		return nil, ErrShutdown
+	}
+	return n.fsm.subscribe(session, fn)
+}
+
+// AppliedIndex returns the last log index this node's FSM has applied.
+func (n *Node) AppliedIndex() uint64 { return n.fsm.applied.Load() }
+
+// Subscribers returns the number of open subscriptions on this node.
+func (n *Node) Subscribers() int { return n.hub.count() }
+
+// Snapshot forces a raft snapshot (and log compaction) now.
+func (n *Node) Snapshot() error {
+	if err := n.raft.Snapshot().Error(); err != nil {
+		return fmt.Errorf("snapshot: %w", err)
+	}
+	return nil
+}
+
+// WriteState writes this node's FSM state in the snapshot format and returns
+// the index it reflects. Two nodes that applied the same index write the same
+// bytes (invariant I4).
+func (n *Node) WriteState(w io.Writer) (uint64, error) {
+	clone := n.fsm.clone()
+	return clone.Index(), clone.WriteSnapshot(w)
+}

@@ -1,0 +1,331 @@
+package testcluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"chorus/node"
+)
+
+// BuildBinary builds cmd/chorus into dir and returns the binary's path. It
+// finds the module root from this source file, so tests in any package can
+// call it from TestMain.
+func BuildBinary(dir string) (string, error) {
+	_, file, _, ok := runtime.Caller(0)
+	if !ok {
+		return "", errors.New("build chorus: cannot locate the module root")
+	}
+	root := filepath.Dir(filepath.Dir(file))
+	bin := filepath.Join(dir, "chorus")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/chorus")
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build chorus: %w\n%s", err, out)
+	}
+	return bin, nil
+}
+
+// ProcOptions configure a cluster of chorus serve processes.
+type ProcOptions struct {
+	Binary string // the chorus binary; required
+	Dir    string // data dirs and logs go here; required
+	Nodes  int    // default 3
+	// FirstIP is the last octet of node 1's loopback address; node i gets
+	// FirstIP+i. Default 11 (127.0.0.11, .12, .13), so iptables rules can cut
+	// single links.
+	FirstIP int
+	// HTTPPorts and PeerPorts pin the ports (one per node); default: free ports.
+	HTTPPorts, PeerPorts []int
+	Secret               string   // default "chorus-test-secret"
+	AdminToken           string   // default "chorus-test-admin"
+	ExtraArgs            []string // appended to every node's command line
+}
+
+// Proc is one chorus serve process. Its addresses stay the same across restarts.
+type Proc struct {
+	Index    int
+	ID       string
+	HTTPAddr string
+	PeerAddr string
+	DataDir  string
+	LogPath  string // the node's stdout and stderr, appended across restarts
+
+	mu     sync.Mutex // guards cmd, done, paused
+	cmd    *exec.Cmd
+	done   chan struct{} // closed when the process has exited
+	err    error         // the exit status, once done
+	paused bool
+}
+
+// Procs is a cluster of real node processes.
+type Procs struct {
+	opts  ProcOptions
+	Nodes []*Proc
+	http  *http.Client
+}
+
+// StartProcs starts every node and waits until they agree on a leader.
+func StartProcs(ctx context.Context, opts ProcOptions) (*Procs, error) {
+	if opts.Binary == "" || opts.Dir == "" {
+		return nil, errors.New("start procs: Binary and Dir are required")
+	}
+	if opts.Nodes == 0 {
+		opts.Nodes = 3
+	}
+	if opts.FirstIP == 0 {
+		opts.FirstIP = 11
+	}
+	if opts.Secret == "" {
+		opts.Secret = "chorus-test-secret"
+	}
+	if opts.AdminToken == "" {
+		opts.AdminToken = "chorus-test-admin"
+	}
+	p := &Procs{opts: opts, http: &http.Client{Timeout: 2 * time.Second}}
+	for i := 0; i < opts.Nodes; i++ {
+		ip := "127.0.0." + strconv.Itoa(opts.FirstIP+i)
+		port := func(pinned []int) (int, error) {
+			if i < len(pinned) {
+				return pinned[i], nil
+			}
+			return pickPort(ip)
+		}
+		hp, err := port(opts.HTTPPorts)
+		if err != nil {
+			return nil, err
+		}
+		pp, err := port(opts.PeerPorts)
+		if err != nil {
+			return nil, err
+		}
+		id := "n" + strconv.Itoa(i+1)
+		p.Nodes = append(p.Nodes, &Proc{
+			Index: i, ID: id,
+			HTTPAddr: net.JoinHostPort(ip, strconv.Itoa(hp)),
+			PeerAddr: net.JoinHostPort(ip, strconv.Itoa(pp)),
+			DataDir:  filepath.Join(opts.Dir, id),
+			LogPath:  filepath.Join(opts.Dir, id+".log"),
+		})
+	}
+	for i := range p.Nodes {
+		if err := p.Start(i); err != nil {
+			p.Close()
+			return nil, err
+		}
+	}
+	if _, err := p.WaitLeader(ctx, 15*time.Second); err != nil {
+		p.Close()
+		return nil, err
+	}
+	return p, nil
+}
+
+func pickPort(ip string) (int, error) {
+	ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+	if err != nil {
+		return 0, fmt.Errorf("find a free port on %s: %w", ip, err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// Args returns the command line node i runs with.
+func (p *Procs) Args(i int) []string {
+	n := p.Nodes[i]
+	var peers []string
+	for _, o := range p.Nodes {
+		peers = append(peers, o.ID+"="+o.PeerAddr)
+	}
+	args := []string{"serve",
+		"--id", n.ID, "--data-dir", n.DataDir,
+		"--http-addr", n.HTTPAddr, "--peer-addr", n.PeerAddr,
+		"--peers", strings.Join(peers, ","),
+		"--cluster-secret", p.opts.Secret, "--admin-token", p.opts.AdminToken,
+	}
+	return append(args, p.opts.ExtraArgs...)
+}
+
+// Start starts node i (first start or restart on the same data dir).
+func (p *Procs) Start(i int) error {
+	n := p.Nodes[i]
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cmd != nil {
+		return fmt.Errorf("start %s: already running", n.ID)
+	}
+	if err := os.MkdirAll(filepath.Dir(n.LogPath), 0o750); err != nil {
+		return fmt.Errorf("start %s: %w", n.ID, err)
+	}
+	logf, err := os.OpenFile(n.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	if err != nil {
+		return fmt.Errorf("start %s: %w", n.ID, err)
+	}
+	cmd := exec.Command(p.opts.Binary, p.Args(i)...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), "CHORUS_CLUSTER_SECRET=", "CHORUS_ADMIN_TOKEN=")
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("start %s: %w", n.ID, err)
+	}
+	done := make(chan struct{})
+	n.cmd, n.done, n.paused = cmd, done, false
+	go func() {
+		err := cmd.Wait()
+		logf.Close()
+		n.mu.Lock()
+		n.err = err
+		n.mu.Unlock()
+		close(done)
+	}()
+	return nil
+}
+
+// signal sends sig to node i and, for terminating signals, waits for it to exit.
+func (p *Procs) signal(i int, sig syscall.Signal, wait bool) error {
+	n := p.Nodes[i]
+	n.mu.Lock()
+	cmd, done, paused := n.cmd, n.done, n.paused
+	n.mu.Unlock()
+	if cmd == nil {
+		return fmt.Errorf("%s is not running", n.ID)
+	}
+	if wait && paused {
+		_ = cmd.Process.Signal(syscall.SIGCONT) // a stopped process cannot act on SIGTERM; it may already be gone
+	}
+	if err := cmd.Process.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return fmt.Errorf("signal %s: %w", n.ID, err)
+	}
+	if !wait {
+		return nil
+	}
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		_ = cmd.Process.Kill() // it ignored the signal; the error below says so
+		<-done
+		return fmt.Errorf("%s did not exit within 20s of %v", n.ID, sig)
+	}
+	n.mu.Lock()
+	n.cmd, n.paused = nil, false
+	n.mu.Unlock()
+	return nil
+}
+
+// Kill sends SIGKILL to node i and waits for it to exit.
+func (p *Procs) Kill(i int) error { return p.signal(i, syscall.SIGKILL, true) }
+
+// Stop sends SIGTERM to node i and waits for its graceful exit.
+func (p *Procs) Stop(i int) error { return p.signal(i, syscall.SIGTERM, true) }
+
+// Pause sends SIGSTOP to node i.
+func (p *Procs) Pause(i int) error {
+	if err := p.signal(i, syscall.SIGSTOP, false); err != nil {
+		return err
+	}
+	p.Nodes[i].mu.Lock()
+	p.Nodes[i].paused = true
+	p.Nodes[i].mu.Unlock()
+	return nil
+}
+
+// Resume sends SIGCONT to node i.
+func (p *Procs) Resume(i int) error {
+	if err := p.signal(i, syscall.SIGCONT, false); err != nil {
+		return err
+	}
+	p.Nodes[i].mu.Lock()
+	p.Nodes[i].paused = false
+	p.Nodes[i].mu.Unlock()
+	return nil
+}
+
+// Running reports whether node i has a live process (paused counts).
+func (p *Procs) Running(i int) bool {
+	n := p.Nodes[i]
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.cmd != nil
+}
+
+// Close kills every node.
+func (p *Procs) Close() {
+	for i := range p.Nodes {
+		if p.Running(i) {
+			_ = p.Kill(i) // best effort at teardown; Kill waits for the exit
+		}
+	}
+}
+
+// Status fetches node i's /cluster/status.
+func (p *Procs) Status(ctx context.Context, i int) (node.Status, error) {
+	var st node.Status
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.Nodes[i].HTTPAddr+"/cluster/status", nil)
+	if err != nil {
+		return st, err
+	}
+	resp, err := p.http.Do(req)
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return st, fmt.Errorf("%s status: HTTP %d", p.Nodes[i].ID, resp.StatusCode)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return st, fmt.Errorf("%s status: %w", p.Nodes[i].ID, err)
+	}
+	return st, nil
+}
+
+// WaitLeader waits until the running, unpaused nodes agree on a leader that
+// is one of them, and returns its index.
+func (p *Procs) WaitLeader(ctx context.Context, within time.Duration) (int, error) {
+	leader := -1
+	err := Poll(within, func() error {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		leader = -1
+		agreed := ""
+		for i, n := range p.Nodes {
+			n.mu.Lock()
+			up := n.cmd != nil && !n.paused
+			n.mu.Unlock()
+			if !up {
+				continue
+			}
+			st, err := p.Status(ctx, i)
+			if err != nil {
+				return err
+			}
+			if st.Leader.ID == "" {
+				return fmt.Errorf("%s sees no leader", n.ID)
+			}
+			if agreed != "" && st.Leader.ID != agreed {
+				return fmt.Errorf("%s follows %s, others %s", n.ID, st.Leader.ID, agreed)
+			}
+			agreed = st.Leader.ID
+			if st.State == "leader" {
+				leader = i
+			}
+		}
+		if leader < 0 {
+			return fmt.Errorf("leader %q is not a running node", agreed)
+		}
+		return nil
+	})
+	return leader, err
+}
