@@ -617,5 +617,14 @@ func (d *decoder) eventV1() *Event {
 	ev.FM = d.fmV1()
 	ev.At = d.varint()
 	ev.Tempo = d.f64()
+	// The history holds mutating broadcasts only, each with its payload.
+	switch {
+	case !ev.Type.IsMutation():
+		d.fail(fmt.Errorf("history event type %d", ev.Type))
+	case ev.Type == EventEffectsChanged && ev.Effects == nil,
+		ev.Type == EventFMParamsChanged && ev.FM == nil,
+		ev.Type == EventTrackAdded && len(ev.Track) == 0:
+		d.fail(fmt.Errorf("history event %s without its payload", ev.Type))
+	}
 	return ev
 }
