@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"sort"
+	"unique"
 )
 
 // Apply applies the command committed at index and returns its result and the
@@ -330,7 +331,7 @@ func (st *SessionState) mutate(c Command) (ev *Event, ok bool) {
 		st.repair()
 		ev.Type = EventTrackCleared
 	case KindSetTrackSample:
-		t.SampleID, t.Name = c.SampleID, c.TrackName
+		t.SampleID, t.Name = unique.Make(c.SampleID).Value(), unique.Make(c.TrackName).Value()
 		t.Set(FieldSampleID)
 		t.Set(FieldName)
 		ev.Type, ev.Text, ev.Text2 = EventTrackSampleSet, c.SampleID, c.TrackName

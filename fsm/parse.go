@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"unique"
 )
 
 // This file turns client JSON (as received, carried in the log) into the model.
@@ -357,7 +358,9 @@ func parseStringField(t *SessionTrack, f Field, dst *string, val []byte) bool {
 	}
 	s, ok := parseString(val)
 	if ok {
-		*dst = s
+		// Track names and sample ids repeat across sessions ("Kick", "kick"):
+		// keep one copy of each.
+		*dst = unique.Make(s).Value()
 		t.Set(f)
 	}
 	return ok

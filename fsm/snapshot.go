@@ -10,6 +10,7 @@ import (
 	"io"
 	"math"
 	"sort"
+	"unique"
 )
 
 // Snapshot format.
@@ -561,8 +562,8 @@ func (d *decoder) trackV1() SessionTrack {
 	t := SessionTrack{ID: d.str()}
 	t.has = Field(d.small(math.MaxUint16, "track fields"))
 	t.null = Field(d.small(math.MaxUint16, "track nulls"))
-	t.Name = d.str()
-	t.SampleID = d.str()
+	t.Name = unique.Make(d.str()).Value() // shared across sessions, as parseTrack does
+	t.SampleID = unique.Make(d.str()).Value()
 	t.Volume = d.f64()
 	t.Transpose = d.f64()
 	t.StepCount = uint8(d.small(MaxSteps, "stepCount"))
