@@ -468,6 +468,13 @@ func (s *State) nodeEpoch(index uint64, c Command) (Result, []Event) {
 		return Result{Status: StatusInvalid, Index: index}, nil
 	}
 	if c.Kind == KindNodeEpoch {
+		if c.Epoch == ns.epoch && !ns.reaped && c.Addr != "" && c.Addr != ns.httpAddr {
+			// A join implied this epoch before the node's own announcement
+			// arrived: keep the epoch, record the address.
+			ns.httpAddr = c.Addr
+			s.nodes[c.Node] = ns
+			return Result{Status: StatusOK, Index: index}, nil
+		}
 		if c.Epoch <= ns.epoch {
 			return Result{Status: StatusStaleEpoch, Index: index}, nil
 		}

@@ -172,7 +172,7 @@ func (a *adapter) subscribe(session string, fn func(s *fsm.Session, index uint64
 	if fn != nil {
 		fn(s, a.index)
 	}
-	return a.hub.add(session, a.index), nil
+	return a.hub.add(session, a.index)
 }
 
 type snapshot struct {

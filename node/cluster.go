@@ -52,6 +52,9 @@ func (n *Node) Status() Status {
 		LastLogIndex: n.raft.LastIndex(),
 		Members:      []Member{},
 	}
+	if n.closing.Load() {
+		st.State = strings.ToLower(raft.Shutdown.String())
+	}
 	_, leaderID := n.raft.LeaderWithID()
 	var servers []raft.Server
 	if f := n.raft.GetConfiguration(); f.Error() == nil {
@@ -123,18 +126,21 @@ func (n *Node) ChangeMember(ctx context.Context, m MemberChange) error {
 // when target is empty. Any node accepts it and forwards it to the leader.
 func (n *Node) TransferLeadership(ctx context.Context, target string) error {
 	return n.retry(ctx, func(ctx context.Context) error {
-		return n.onLeader(ctx, rpcTransfer, []byte(target), func() error { return n.serveTransfer(target) })
+		return n.onLeader(ctx, rpcTransfer, []byte(target), func() error { return n.serveTransfer(ctx, target) })
 	})
 }
 
 // onLeader runs local on the leader, or calls the leader's method over RPC.
 func (n *Node) onLeader(ctx context.Context, method uint8, req []byte, local func() error) error {
+	if n.closed() {
+		return ErrShutdown
+	}
 	addr, id := n.raft.LeaderWithID()
 	switch {
 	case id == "":
 		return errNoLeaderNow
 	case string(id) == n.cfg.ID:
-		return local()
+		return localErr(local())
 	}
 	if _, err := n.peer.Call(ctx, string(addr), method, req); err != nil {
 		var re *transport.RPCError
@@ -146,7 +152,25 @@ func (n *Node) onLeader(ctx context.Context, method uint8, req []byte, local fun
 	return nil
 }
 
-func (n *Node) serveMember(_ context.Context, req []byte) error {
+// localErr gives the error of a leader-side handler, which speaks RPC codes
+// for the follower that forwarded, the meaning a caller on the leader itself
+// needs: bad input is ErrBadRequest, and a lost leadership is retried as it
+// is after a forward.
+func localErr(err error) error {
+	var re *transport.RPCError
+	if !errors.As(err, &re) {
+		return err
+	}
+	switch re.Code {
+	case codeBadInput:
+		return fmt.Errorf("%w: %s", ErrBadRequest, re.Msg)
+	case codeShutdown:
+		return ErrShutdown
+	}
+	return &retryError{err}
+}
+
+func (n *Node) serveMember(ctx context.Context, req []byte) error {
 	if n.raft.State() != raft.Leader {
 		return leaderRPCErr(&retryError{ErrNotLeader})
 	}
@@ -163,14 +187,14 @@ func (n *Node) serveMember(_ context.Context, req []byte) error {
 	default:
 		f = n.raft.AddNonvoter(raft.ServerID(m.ID), raft.ServerAddress(m.PeerAddr), 0, n.cfg.ApplyTimeout)
 	}
-	if err := f.Error(); err != nil {
+	if err := n.await(ctx, f); err != nil {
 		return leaderRPCErr(raftErr(err))
 	}
 	n.log.Info("membership changed", "member_id", m.ID, "remove", m.Remove, "voter", m.Voter, "peer_addr", m.PeerAddr)
 	return nil
 }
 
-func (n *Node) serveTransfer(target string) error {
+func (n *Node) serveTransfer(ctx context.Context, target string) error {
 	if n.raft.State() != raft.Leader {
 		return leaderRPCErr(&retryError{ErrNotLeader})
 	}
@@ -194,7 +218,7 @@ func (n *Node) serveTransfer(target string) error {
 		}
 		f = n.raft.LeadershipTransferToServer(raft.ServerID(target), raft.ServerAddress(addr))
 	}
-	if err := f.Error(); err != nil {
+	if err := n.await(ctx, f); err != nil {
 		return leaderRPCErr(raftErr(err))
 	}
 	n.log.Info("leadership transferred", "target", target)
@@ -218,7 +242,7 @@ func (n *Node) Read(ctx context.Context, fn func(st *fsm.State, index uint64)) e
 // the index it passes) and returns a subscription to every later event of
 // the session. Callers that need a linearizable snapshot pass Barrier first.
 func (n *Node) Subscribe(session string, fn func(s *fsm.Session, index uint64)) (*Subscription, error) {
-	if n.raft.State() == raft.Shutdown {
+	if n.closed() {
 		return nil, ErrShutdown
 	}
 	return n.fsm.subscribe(session, fn)

@@ -79,8 +79,9 @@ type hub struct {
 	log   hclog.Logger
 	queue int
 
-	mu   sync.RWMutex // guards subs
-	subs map[string]map[*Subscription]struct{}
+	mu    sync.RWMutex // guards subs, final
+	subs  map[string]map[*Subscription]struct{}
+	final error // set by shutdown: the reason every later add fails
 }
 
 func newHub(log hclog.Logger, queue int) *hub {
@@ -90,18 +91,21 @@ func newHub(log hclog.Logger, queue int) *hub {
 // add registers a subscriber for session whose snapshot reflects index after.
 // The caller holds the state read lock, so no event above after is published
 // before the subscriber is in place.
-func (h *hub) add(session string, after uint64) *Subscription {
+func (h *hub) add(session string, after uint64) (*Subscription, error) {
 	ch := make(chan Delivery, h.queue)
 	s := &Subscription{Session: session, C: ch, hub: h, ch: ch, after: after}
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.final != nil {
+		return nil, h.final
+	}
 	set := h.subs[session]
 	if set == nil {
 		set = map[*Subscription]struct{}{}
 		h.subs[session] = set
 	}
 	set[s] = struct{}{}
-	return s
+	return s, nil
 }
 
 func (h *hub) remove(s *Subscription) {
@@ -147,6 +151,15 @@ func (h *hub) endAll(reason error) {
 			s.end(reason)
 		}
 	}
+}
+
+// shutdown ends every subscription with reason and refuses later ones: a
+// Subscribe that raced with Close would otherwise never end.
+func (h *hub) shutdown(reason error) {
+	h.mu.Lock()
+	h.final = reason
+	h.mu.Unlock()
+	h.endAll(reason)
 }
 
 // count returns the number of live subscriptions.

@@ -47,7 +47,10 @@ type Node struct {
 	epochKick chan struct{} // asks the epoch loop to announce a new epoch
 
 	stop      context.CancelFunc
+	halt      <-chan struct{} // closed when Close begins; ends every wait on a raft future
 	wg        sync.WaitGroup
+	closing   atomic.Bool // Close has begun; raft.State() may still say otherwise
+	serving   atomic.Bool // raft is set; the peer port answers RPCs before that
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -77,12 +80,15 @@ func New(cfg Config) (*Node, error) {
 		epochKick: make(chan struct{}, 1),
 		started:   time.Now(),
 	}
+	ctx, cancel := context.WithCancel(context.Background())
+	n.stop, n.halt = cancel, ctx.Done()
 	n.fsm = newAdapter(log.Named("fsm"), n.hub)
 	n.fsm.onApplied = n.checkReaped
 
 	ok := false
 	defer func() {
 		if !ok {
+			cancel()
 			n.closeStores()
 		}
 	}()
@@ -91,7 +97,7 @@ func New(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open raft log %s: %w", filepath.Join(cfg.DataDir, "raft.db"), err)
 	}
-	epoch, err := n.nextEpoch()
+	epoch, err := n.nextEpoch(0)
 	if err != nil {
 		return nil, err
 	}
@@ -145,6 +151,7 @@ func New(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
+	n.serving.Store(true)
 	if !existing && len(cfg.Peers) > 0 {
 		var servers []raft.Server
 		for _, p := range cfg.Peers {
@@ -171,8 +178,6 @@ func New(cfg Config) (*Node, error) {
 	})
 	n.raft.RegisterObserver(n.observer)
 
-	ctx, cancel := context.WithCancel(context.Background())
-	n.stop = cancel
 	n.wg.Add(3)
 	go func() { defer n.wg.Done(); n.watchLeadership(ctx) }()
 	go func() { defer n.wg.Done(); n.announceEpochs(ctx) }()
@@ -182,16 +187,25 @@ func New(cfg Config) (*Node, error) {
 	return n, nil
 }
 
-// nextEpoch reads, increments and durably stores this node's epoch counter.
-func (n *Node) nextEpoch() (uint64, error) {
+// nextEpoch reads, increments past floor and durably stores this node's
+// epoch counter.
+func (n *Node) nextEpoch(floor uint64) (uint64, error) {
 	prev, err := n.store.GetUint64(epochKey)
-	if err != nil && !errors.Is(err, raftboltdb.ErrKeyNotFound) {
+	switch {
+	case errors.Is(err, raftboltdb.ErrKeyNotFound):
+		// A fresh data dir. The cluster may still hold the epoch of an
+		// earlier incarnation of this id (a wiped node added back); starting
+		// from the clock puts this one past it, so that announcing it retires
+		// that incarnation's players instead of adopting them.
+		prev = uint64(max(n.cfg.Now().UnixMilli(), 0))
+	case err != nil:
 		return 0, fmt.Errorf("read epoch: %w", err)
 	}
-	if err := n.store.SetUint64(epochKey, prev+1); err != nil {
+	next := max(prev, floor) + 1
+	if err := n.store.SetUint64(epochKey, next); err != nil {
 		return 0, fmt.Errorf("store epoch: %w", err)
 	}
-	return prev + 1, nil
+	return next, nil
 }
 
 // ID returns the node id.
@@ -214,24 +228,32 @@ func (n *Node) Run(ctx context.Context) error {
 // Shutdown hands leadership to another voter when this node leads (bounded by
 // ctx), then closes the node.
 func (n *Node) Shutdown(ctx context.Context) error {
-	if n.raft.State() == raft.Leader && n.voters() > 1 {
-		f := n.raft.LeadershipTransfer()
-		done := make(chan error, 1)
-		go func() { done <- f.Error() }()
-		select {
-		case err := <-done:
-			if err != nil {
-				n.log.Warn("leadership transfer before shutdown failed", "error", err)
-			} else {
-				n.log.Info("leadership transferred before shutdown")
-			}
-		case <-ctx.Done():
-			n.log.Warn("leadership transfer before shutdown timed out")
-			// The transfer future resolves once raft shuts down below.
+	if ctx.Err() == nil && n.raft.State() == raft.Leader && n.voters() > 1 {
+		if err := n.await(ctx, n.raft.LeadershipTransfer()); err != nil {
+			n.log.Warn("leadership transfer before shutdown failed", "error", err)
+		} else {
+			n.log.Info("leadership transferred before shutdown")
 		}
-		defer func() { <-done }()
 	}
 	return n.Close()
+}
+
+// await returns the error of a raft future, or ErrShutdown once the node is
+// closing, or ctx's error when ctx ends first. Raft never answers a request
+// that it still had queued when it shut down (hashicorp/raft#498), so a bare
+// f.Error() can block Close forever. The goroutine that waits on such a
+// stranded future outlives the node; it holds nothing else.
+func (n *Node) await(ctx context.Context, f raft.Future) error {
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		return err
+	case <-n.halt:
+		return ErrShutdown
+	case <-ctx.Done():
+		return fmt.Errorf("wait for raft: %w", ctx.Err())
+	}
 }
 
 // Close stops the node at once, without a leadership transfer: subscribers
@@ -239,6 +261,7 @@ func (n *Node) Shutdown(ctx context.Context) error {
 // what a crash looks like to the rest of the cluster, minus the lost process.
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
+		n.closing.Store(true)
 		n.stop()
 		var errs []error
 		if err := n.raft.Shutdown().Error(); err != nil {
@@ -246,7 +269,7 @@ func (n *Node) Close() error {
 		}
 		n.raft.DeregisterObserver(n.observer)
 		n.wg.Wait()
-		n.hub.endAll(ErrShutdown)
+		n.hub.shutdown(ErrShutdown)
 		if err := n.peer.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close peer port: %w", err))
 		}
@@ -258,6 +281,10 @@ func (n *Node) Close() error {
 	})
 	return n.closeErr
 }
+
+// closed reports whether the node is closing. raft.State() is no substitute:
+// raft's run loop can move a shut-down node back to follower or candidate.
+func (n *Node) closed() bool { return n.closing.Load() || n.raft.State() == raft.Shutdown }
 
 // closeStores releases what New opened when New fails half way.
 func (n *Node) closeStores() {
@@ -300,11 +327,17 @@ func (n *Node) watchLeadership(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case isLeader := <-n.notifyCh:
+			// Failures seen in an earlier term are stale: raft reports a
+			// peer's recovery only in the term that saw it fail, so a kept
+			// entry would reap a healthy peer's players.
+			n.reapMu.Lock()
+			clear(n.failing)
+			n.reapMu.Unlock()
 			if isLeader {
 				term := n.raft.CurrentTerm()
 				n.log.Info("became leader", "term", term)
 				barriers.Add(1)
-				go func() { defer barriers.Done(); n.leaderBarrier(term) }()
+				go func() { defer barriers.Done(); n.leaderBarrier(ctx, term) }()
 			} else {
 				n.log.Info("lost leadership")
 			}
@@ -318,8 +351,8 @@ func (n *Node) watchLeadership(ctx context.Context) {
 
 // leaderBarrier commits an entry of the new term; until it has, the commit
 // index may trail writes the previous leader acknowledged.
-func (n *Node) leaderBarrier(term uint64) {
-	if err := n.raft.Barrier(n.cfg.ApplyTimeout).Error(); err != nil {
+func (n *Node) leaderBarrier(ctx context.Context, term uint64) {
+	if err := n.await(ctx, n.raft.Barrier(n.cfg.ApplyTimeout)); err != nil {
 		n.log.Debug("leader barrier failed", "term", term, "error", err)
 		return
 	}
@@ -424,6 +457,18 @@ func (n *Node) announceEpochs(ctx context.Context) {
 		if epoch != announced {
 			res, err := n.Submit(ctx, fsm.Command{Kind: fsm.KindNodeEpoch, Node: n.cfg.ID, Epoch: epoch, Addr: n.cfg.HTTPAddr})
 			switch {
+			case err == nil && res.Status == fsm.StatusStaleEpoch && n.epochBehind(epoch):
+				// The cluster knows a later incarnation of this id (its data
+				// dir was lost): joins with this epoch would all be refused.
+				if err := n.advanceEpoch(); err != nil {
+					n.log.Error("cannot advance epoch past the replicated one", "error", err)
+					select {
+					case <-ctx.Done():
+						return
+					case <-time.After(200 * time.Millisecond):
+					}
+				}
+				continue
 			case err == nil:
 				announced = epoch
 				n.log.Info("announced epoch", "epoch", epoch, "status", res.Status)
@@ -447,21 +492,38 @@ func (n *Node) announceEpochs(ctx context.Context) {
 			var reaped bool
 			n.fsm.view(func(st *fsm.State, _ uint64) { cur, reaped = st.NodeEpoch(n.cfg.ID) })
 			if reaped && cur >= n.epoch.Load() {
-				next, err := n.nextEpoch()
+				next, err := n.nextEpoch(cur) // the counter must pass the reaped epoch
 				if err != nil {
 					n.log.Error("cannot advance epoch after being reaped", "error", err)
 					continue
-				}
-				for next <= cur { // the counter must pass the reaped epoch
-					if next, err = n.nextEpoch(); err != nil {
-						break
-					}
 				}
 				n.epoch.Store(next)
 				n.log.Warn("this node was reaped; advancing epoch", "epoch", next)
 			}
 		}
 	}
+}
+
+// epochBehind reports whether the replicated epoch of this node id is past
+// epoch, or is epoch and reaped: an announcement of epoch is then stale.
+func (n *Node) epochBehind(epoch uint64) bool {
+	var cur uint64
+	var reaped bool
+	n.fsm.view(func(st *fsm.State, _ uint64) { cur, reaped = st.NodeEpoch(n.cfg.ID) })
+	return cur > epoch || (cur == epoch && reaped)
+}
+
+// advanceEpoch moves this node's epoch past the replicated one.
+func (n *Node) advanceEpoch() error {
+	var cur uint64
+	n.fsm.view(func(st *fsm.State, _ uint64) { cur, _ = st.NodeEpoch(n.cfg.ID) })
+	next, err := n.nextEpoch(cur)
+	if err != nil {
+		return err
+	}
+	n.epoch.Store(next)
+	n.log.Warn("the cluster knows a later epoch of this node; advancing", "epoch", next, "replicated_epoch", cur)
+	return nil
 }
 
 // catchUp marks the node caught up once it has applied the commit index the

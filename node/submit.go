@@ -117,7 +117,7 @@ func (n *Node) retry(ctx context.Context, op func(context.Context) error) error 
 }
 
 func (n *Node) submitOnce(ctx context.Context, data []byte) (fsm.Result, error) {
-	if n.raft.State() == raft.Shutdown {
+	if n.closed() {
 		return fsm.Result{}, ErrShutdown
 	}
 	addr, id := n.raft.LeaderWithID()
@@ -125,7 +125,7 @@ func (n *Node) submitOnce(ctx context.Context, data []byte) (fsm.Result, error) 
 	case id == "":
 		return fsm.Result{}, errNoLeaderNow
 	case string(id) == n.cfg.ID:
-		return n.applyLocal(data)
+		return n.applyLocal(ctx, data)
 	}
 	resp, err := n.peer.Call(ctx, string(addr), rpcForward, data)
 	if err != nil {
@@ -143,9 +143,9 @@ func (n *Node) submitOnce(ctx context.Context, data []byte) (fsm.Result, error) 
 
 // applyLocal proposes on this node, which must lead. The future resolves
 // after the local FSM applied the entry.
-func (n *Node) applyLocal(data []byte) (fsm.Result, error) {
+func (n *Node) applyLocal(ctx context.Context, data []byte) (fsm.Result, error) {
 	f := n.raft.Apply(data, n.cfg.ApplyTimeout)
-	if err := f.Error(); err != nil {
+	if err := n.await(ctx, f); err != nil {
 		return fsm.Result{}, raftErr(err)
 	}
 	res, ok := f.Response().(fsm.Result)
@@ -181,7 +181,7 @@ func (n *Node) rpcErr(err error) error {
 		}
 		return &retryError{err}
 	}
-	if n.raft.State() == raft.Shutdown {
+	if n.closed() {
 		return ErrShutdown
 	}
 	return &retryError{err}
@@ -226,7 +226,7 @@ func (n *Node) Barrier(ctx context.Context) error {
 }
 
 func (n *Node) readIndex(ctx context.Context) (uint64, error) {
-	if n.raft.State() == raft.Shutdown {
+	if n.closed() {
 		return 0, ErrShutdown
 	}
 	addr, id := n.raft.LeaderWithID()
@@ -234,7 +234,7 @@ func (n *Node) readIndex(ctx context.Context) (uint64, error) {
 	case id == "":
 		return 0, errNoLeaderNow
 	case string(id) == n.cfg.ID:
-		return n.leaderReadIndex()
+		return n.leaderReadIndex(ctx)
 	}
 	resp, err := n.peer.Call(ctx, string(addr), rpcReadIdx, nil)
 	if err != nil {
@@ -250,20 +250,20 @@ func (n *Node) readIndex(ctx context.Context) (uint64, error) {
 // leaderReadIndex confirms leadership with a quorum and returns the commit
 // index, after this term's barrier has committed (so the index covers every
 // write an earlier leader acknowledged).
-func (n *Node) leaderReadIndex() (uint64, error) {
+func (n *Node) leaderReadIndex(ctx context.Context) (uint64, error) {
 	if n.raft.State() != raft.Leader {
 		return 0, &retryError{ErrNotLeader}
 	}
 	term := n.raft.CurrentTerm()
 	if n.readyTerm.Load() != term {
-		if err := n.raft.Barrier(n.cfg.ApplyTimeout).Error(); err != nil {
+		if err := n.await(ctx, n.raft.Barrier(n.cfg.ApplyTimeout)); err != nil {
 			return 0, raftErr(err)
 		}
 		if n.raft.CurrentTerm() == term {
 			n.readyTerm.Store(term)
 		}
 	}
-	if err := n.raft.VerifyLeader().Error(); err != nil {
+	if err := n.await(ctx, n.raft.VerifyLeader()); err != nil {
 		return 0, raftErr(err)
 	}
 	return n.commandIndexAt(n.raft.CommitIndex()), nil
@@ -294,6 +294,10 @@ type rpcHandler struct{ n *Node }
 
 func (h rpcHandler) ServeRPC(ctx context.Context, from string, method uint8, req []byte) ([]byte, error) {
 	n := h.n
+	if !n.serving.Load() {
+		// The peer port opens before raft starts; the caller retries.
+		return nil, &transport.RPCError{Code: codeNotLeader, Msg: "node starting"}
+	}
 	switch method {
 	case rpcForward:
 		if n.raft.State() != raft.Leader {
@@ -302,13 +306,13 @@ func (h rpcHandler) ServeRPC(ctx context.Context, from string, method uint8, req
 		if _, err := fsm.Decode(req); err != nil {
 			return nil, &transport.RPCError{Code: codeBadInput, Msg: err.Error()}
 		}
-		res, err := n.applyLocal(req)
+		res, err := n.applyLocal(ctx, req)
 		if err != nil {
 			return nil, leaderRPCErr(err)
 		}
 		return encodeResult(res), nil
 	case rpcReadIdx:
-		idx, err := n.leaderReadIndex()
+		idx, err := n.leaderReadIndex(ctx)
 		if err != nil {
 			return nil, leaderRPCErr(err)
 		}
@@ -316,7 +320,7 @@ func (h rpcHandler) ServeRPC(ctx context.Context, from string, method uint8, req
 	case rpcMember:
 		return nil, n.serveMember(ctx, req)
 	case rpcTransfer:
-		return nil, n.serveTransfer(string(req))
+		return nil, n.serveTransfer(ctx, string(req))
 	}
 	return nil, &transport.RPCError{Code: codeBadInput, Msg: fmt.Sprintf("unknown method %d", method)}
 }

@@ -224,6 +224,25 @@ func (c *Cluster) Kill(i int) {
 	}
 }
 
+// Stop stops member i gracefully (node.Shutdown): a leader hands leadership
+// to another voter first.
+func (c *Cluster) Stop(i int) {
+	c.tb.Helper()
+	m := c.Members[i]
+	m.mu.Lock()
+	n := m.node
+	m.node = nil
+	m.mu.Unlock()
+	if n == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := n.Shutdown(ctx); err != nil {
+		c.tb.Errorf("stop %s: %v", m.ID, err)
+	}
+}
+
 // Restart kills member i and starts it again on the same data.
 func (c *Cluster) Restart(i int) {
 	c.tb.Helper()

@@ -2,6 +2,8 @@ package testcluster
 
 import (
 	"context"
+	"fmt"
+	"net/http"
 	"testing"
 	"time"
 )
@@ -49,4 +51,30 @@ func TestProcsKillAndRestart(t *testing.T) {
 	if _, err := p.WaitLeader(ctx, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
+	// The restarted node rejoined by itself: every node lists the three
+	// members, and it reports ready once it has caught up.
+	Eventually(t, 15*time.Second, func() error {
+		for i := range p.Nodes {
+			st, err := p.Status(ctx, i)
+			if err != nil {
+				return err
+			}
+			if len(st.Members) != 3 {
+				return fmt.Errorf("%s lists %d members", st.ID, len(st.Members))
+			}
+		}
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.Nodes[leader].HTTPAddr+"/readyz", nil)
+		if err != nil {
+			return err
+		}
+		resp, err := p.http.Do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("restarted %s: /readyz HTTP %d", p.Nodes[leader].ID, resp.StatusCode)
+		}
+		return nil
+	})
 }

@@ -154,4 +154,3 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 		adminToken: f.adminToken,
 	})
 }
-
