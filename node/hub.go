@@ -12,6 +12,11 @@ import (
 type Delivery struct {
 	Index uint64
 	Event fsm.Event
+	// Frame, when set, is an ephemeral message (a cursor) that never went
+	// through the log; Index and Event are then zero. Exclude is the player
+	// whose own socket must not receive it.
+	Frame   []byte
+	Exclude string
 }
 
 // Subscription receives the events of one session, in log order, from the
@@ -136,6 +141,23 @@ func (h *hub) publish(index uint64, events []fsm.Event) {
 	h.mu.RUnlock()
 	for _, s := range dropped {
 		h.log.Warn("dropping slow subscriber", "session_id", s.Session, "queued", h.queue, "index", index)
+		h.remove(s)
+	}
+}
+
+// publishFrame delivers an ephemeral frame to the session's subscribers.
+// It never blocks; a subscriber whose queue is full is dropped as in publish.
+func (h *hub) publishFrame(session, exclude string, frame []byte) {
+	var dropped []*Subscription
+	h.mu.RLock()
+	for s := range h.subs[session] {
+		if !s.deliver(Delivery{Frame: frame, Exclude: exclude}) {
+			dropped = append(dropped, s)
+		}
+	}
+	h.mu.RUnlock()
+	for _, s := range dropped {
+		h.log.Warn("dropping slow subscriber", "session_id", s.Session, "queued", h.queue)
 		h.remove(s)
 	}
 }

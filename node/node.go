@@ -46,6 +46,8 @@ type Node struct {
 
 	epochKick chan struct{} // asks the epoch loop to announce a new epoch
 
+	api *API // the Keyboardia backend over this node
+
 	stop      context.CancelFunc
 	halt      <-chan struct{} // closed when Close begins; ends every wait on a raft future
 	wg        sync.WaitGroup
@@ -84,6 +86,7 @@ func New(cfg Config) (*Node, error) {
 	n.stop, n.halt = cancel, ctx.Done()
 	n.fsm = newAdapter(log.Named("fsm"), n.hub)
 	n.fsm.onApplied = n.checkReaped
+	n.api = newAPI(n)
 
 	ok := false
 	defer func() {
@@ -178,7 +181,8 @@ func New(cfg Config) (*Node, error) {
 	})
 	n.raft.RegisterObserver(n.observer)
 
-	n.wg.Add(3)
+	n.wg.Add(4)
+	go func() { defer n.wg.Done(); n.api.run(ctx) }()
 	go func() { defer n.wg.Done(); n.watchLeadership(ctx) }()
 	go func() { defer n.wg.Done(); n.announceEpochs(ctx) }()
 	go func() { defer n.wg.Done(); n.catchUp(ctx) }()
@@ -582,3 +586,17 @@ type advertisedAddr string
 
 func (a advertisedAddr) Network() string { return "tcp" }
 func (a advertisedAddr) String() string  { return string(a) }
+
+// Retire drops every player this node owns in one log entry, by announcing
+// the next epoch. A graceful shutdown calls it after closing the sockets.
+func (n *Node) Retire(ctx context.Context) error {
+	next, err := n.nextEpoch(n.epoch.Load())
+	if err != nil {
+		return err
+	}
+	n.epoch.Store(next)
+	if _, err := n.Submit(ctx, fsm.Command{Kind: fsm.KindNodeEpoch, Node: n.cfg.ID, Epoch: next, Addr: n.cfg.HTTPAddr}); err != nil {
+		return fmt.Errorf("retire players: %w", err)
+	}
+	return nil
+}

@@ -23,6 +23,7 @@ const (
 	rpcReadIdx  uint8 = 2 // nothing → the leader's commit index
 	rpcMember   uint8 = 3 // membership change, JSON
 	rpcTransfer uint8 = 4 // leadership transfer, the target id
+	rpcCursor   uint8 = 5 // an ephemeral cursor frame for local sockets
 )
 
 // RPC error codes.
@@ -319,6 +320,8 @@ func (h rpcHandler) ServeRPC(ctx context.Context, from string, method uint8, req
 		return binary.AppendUvarint(nil, idx), nil
 	case rpcMember:
 		return nil, n.serveMember(ctx, req)
+	case rpcCursor:
+		return nil, n.api.serveCursor(req)
 	case rpcTransfer:
 		return nil, n.serveTransfer(ctx, string(req))
 	}

@@ -31,7 +31,7 @@ Commands:
   version   print the version
   help      print this help
 
-Run 'chorus <command> -h' for a command's flags. dev, chaos and bench are not
+Run 'chorus <command> -h' for a command's flags. chaos and bench are not
 implemented yet.
 `
 
@@ -73,7 +73,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return err
 	case "serve":
 		return serve(args[1:], stdout, stderr, os.Getenv)
-	case "dev", "chaos", "bench":
+	case "dev":
+		return dev(args[1:], stdout, stderr, os.Getenv)
+	case "chaos", "bench":
 		return &exitError{code: usageExitCode, err: fmt.Errorf("%s: not implemented yet", name)}
 	default:
 		return &exitError{

@@ -30,7 +30,7 @@ func TestRun(t *testing.T) {
 		{name: "serve missing flags", args: []string{"serve", "--id", "n1"}, wantCode: usageExitCode, wantErrIn: "missing --"},
 		{name: "serve bad peers", args: []string{"serve", "--id", "n1", "--data-dir", "d", "--cluster-secret", "s", "--peers", "n1"}, wantCode: usageExitCode, wantErrIn: "not id=host:port"},
 		{name: "serve bad flag", args: []string{"serve", "--bogus"}, wantCode: usageExitCode, wantErrIn: "bogus"},
-		{name: "dev", args: []string{"dev"}, wantCode: usageExitCode, wantErrIn: "dev: not implemented yet"},
+		{name: "dev bad flag", args: []string{"dev", "--bogus"}, wantCode: usageExitCode, wantErrIn: "bogus"},
 		{name: "chaos", args: []string{"chaos"}, wantCode: usageExitCode, wantErrIn: "chaos: not implemented yet"},
 		{name: "bench", args: []string{"bench"}, wantCode: usageExitCode, wantErrIn: "bench: not implemented yet"},
 	}

@@ -27,6 +27,8 @@ type serveFlags struct {
 	snapshotThreshold                                 uint64
 	snapshotInterval                                  time.Duration
 	presenceTimeout                                   time.Duration
+	wsRate, createRate                                int
+	allowedOrigins, staticDir                         string
 }
 
 func (f *serveFlags) register(fs *flag.FlagSet) {
@@ -45,6 +47,10 @@ func (f *serveFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.lease, "lease-timeout", 250*time.Millisecond, "raft leader lease timeout")
 	fs.Uint64Var(&f.snapshotThreshold, "snapshot-threshold", 8192, "log entries between snapshots")
 	fs.DurationVar(&f.snapshotInterval, "snapshot-interval", 30*time.Second, "how often to check whether a snapshot is due")
+	fs.IntVar(&f.wsRate, "ws-rate", 100, "WebSocket messages per second per socket, bursts of twice that; 0 turns the limit off")
+	fs.IntVar(&f.createRate, "create-rate", 10, "session creates per minute per client IP; 0 turns the limit off")
+	fs.StringVar(&f.allowedOrigins, "allowed-origins", "", "comma-separated Origins allowed to open WebSockets, or *; default: the request's own host and the cluster's members")
+	fs.StringVar(&f.staticDir, "static-dir", "", "serve this directory at / (a Keyboardia build, with /s/{id} falling back to index.html) instead of the built-in web client")
 	fs.DurationVar(&f.presenceTimeout, "presence-timeout", 15*time.Second, "how long a node may be unreachable before the leader drops its players (negative: never)")
 }
 
@@ -150,7 +156,22 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 			SnapshotThreshold: f.snapshotThreshold, SnapshotInterval: f.snapshotInterval,
 			PresenceTimeout: f.presenceTimeout,
 		},
-		httpAddr:   f.httpAddr,
-		adminToken: f.adminToken,
+		httpAddr:       f.httpAddr,
+		adminToken:     f.adminToken,
+		wsRate:         f.wsRate,
+		createRate:     f.createRate,
+		allowedOrigins: splitList(f.allowedOrigins),
+		staticDir:      f.staticDir,
 	})
+}
+
+// splitList reads a comma-separated list, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
 }

@@ -1,0 +1,114 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"chorus/node"
+	"chorus/transport"
+)
+
+// nodeOptions is everything a node process serves with.
+type nodeOptions struct {
+	cfg            node.Config
+	httpAddr       string
+	adminToken     string
+	wsRate         int
+	createRate     int
+	allowedOrigins []string
+	staticDir      string // empty: the built-in web client
+}
+
+// running is a started node with its HTTP server.
+type running struct {
+	log    hclog.Logger
+	node   *node.Node
+	api    *transport.API
+	srv    *http.Server
+	served chan error
+	addr   string
+}
+
+// startNode starts a node and serves its HTTP API.
+func startNode(log hclog.Logger, o nodeOptions) (*running, error) {
+	var static fs.FS = transport.WebClient()
+	if o.staticDir != "" {
+		st, err := os.Stat(o.staticDir)
+		if err != nil || !st.IsDir() {
+			return nil, fmt.Errorf("--static-dir %s: not a directory", o.staticDir)
+		}
+		static = os.DirFS(o.staticDir)
+	}
+	ln, err := net.Listen("tcp", o.httpAddr)
+	if err != nil {
+		return nil, fmt.Errorf("listen http: %w", err)
+	}
+	o.cfg.HTTPAddr = ln.Addr().String()
+	n, err := node.New(o.cfg)
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	api := transport.NewAPI(transport.APIConfig{
+		Backend: n.API(), Logger: log, CreateRate: o.createRate, WSRate: o.wsRate,
+		AllowedOrigins: o.allowedOrigins, Static: static,
+	})
+	mux := http.NewServeMux()
+	transport.AdminHandler(mux, transport.AdminConfig{Cluster: n, AdminToken: o.adminToken, Logger: log})
+	mux.Handle("/", api)
+	r := &running{
+		log: log, node: n, api: api, served: make(chan error, 1), addr: ln.Addr().String(),
+		srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+			ErrorLog: log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true})},
+	}
+	go func() { r.served <- r.srv.Serve(ln) }()
+	log.Info("listening", "http_addr", r.addr, "peer_addr", n.PeerAddr())
+	return r, nil
+}
+
+// stop closes sockets with 1012, retires this node's players, hands
+// leadership over, and stops the HTTP server and the node.
+func (r *running) stop(ctx context.Context) error {
+	var errs []error
+	if err := r.api.Shutdown(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("close sockets: %w", err))
+	}
+	if err := r.node.Retire(ctx); err != nil {
+		r.log.Warn("players not retired; the next epoch drops them", "error", err)
+	}
+	errs = append(errs, r.node.Shutdown(ctx))
+	if err := r.srv.Shutdown(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("http shutdown: %w", err))
+	}
+	if err := <-r.served; !errors.Is(err, http.ErrServerClosed) {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// runNode serves until ctx ends or the HTTP server fails.
+func runNode(ctx context.Context, log hclog.Logger, o nodeOptions) error {
+	r, err := startNode(log, o)
+	if err != nil {
+		return err
+	}
+	var serveErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case serveErr = <-r.served:
+		log.Error("http server stopped", "error", serveErr)
+		r.served <- serveErr
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return r.stop(sctx)
+}

@@ -1,0 +1,440 @@
+package transport
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"math"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/coder/websocket"
+)
+
+// Close codes (RFC 6455 and the registry). A live socket is never closed
+// with 1000: the Keyboardia client does not reconnect after it.
+const (
+	closeGoingAway                           = websocket.StatusGoingAway       // 1001
+	closePolicy                              = websocket.StatusPolicyViolation // 1008
+	closeInternal                            = websocket.StatusInternalError   // 1011
+	closeServiceRestart websocket.StatusCode = 1012
+	closeTryAgainLater  websocket.StatusCode = 1013
+	closeSessionGone    websocket.StatusCode = 4404 // application code: the session was deleted
+)
+
+// closeCode is the one place that turns an error into a close code and a reason.
+func closeCode(err error) (websocket.StatusCode, string) {
+	switch {
+	case errors.Is(err, ErrOverloaded):
+		return closeTryAgainLater, "socket could not keep up; reconnect"
+	case errors.Is(err, ErrUnavailable):
+		return closeTryAgainLater, "no leader; try another node"
+	case errors.Is(err, ErrRestarting):
+		return closeServiceRestart, "service restart; reconnect"
+	case errors.Is(err, ErrGone):
+		return closeSessionGone, "session deleted"
+	case errors.Is(err, errRateLimited):
+		return closePolicy, "message rate limit exceeded"
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return closeTryAgainLater, "timeout"
+	}
+	return closeInternal, "internal error"
+}
+
+var errRateLimited = errors.New("rate limited")
+
+// mutatingTypes are the 15 messages that change state (PROTOCOL.md §3.2).
+var mutatingTypes = map[string]bool{
+	"toggle_step": true, "set_tempo": true, "set_swing": true, "mute_track": true, "solo_track": true,
+	"set_parameter_lock": true, "add_track": true, "delete_track": true, "clear_track": true,
+	"set_track_sample": true, "set_track_volume": true, "set_track_transpose": true,
+	"set_track_step_count": true, "set_effects": true, "set_fm_params": true,
+}
+
+// readOnlyTypes are the other 6 client messages.
+var readOnlyTypes = map[string]bool{
+	"play": true, "stop": true, "state_hash": true, "request_snapshot": true,
+	"clock_sync_request": true, "cursor_move": true,
+}
+
+const (
+	frameTooLarge  = `{"type":"error","message":"Message too large"}`
+	frameBadJSON   = `{"type":"error","message":"Invalid JSON"}`
+	frameRateLimit = `{"type":"error","message":"Rate limit exceeded: slow down or the connection will be closed"}`
+	framePublished = `{"type":"error","code":"SESSION_PUBLISHED","message":"This session is published and cannot be edited. Remix it to create an editable copy."}`
+)
+
+// originAllowed applies the allow-list. Without one: the request's own host
+// and the cluster's members. No Origin (not a browser) is allowed.
+func (a *API) originAllowed(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	u, err := url.Parse(origin)
+	if err != nil || u.Host == "" {
+		return false
+	}
+	if len(a.cfg.AllowedOrigins) > 0 {
+		for _, o := range a.cfg.AllowedOrigins {
+			if o == "*" || strings.EqualFold(o, origin) || strings.EqualFold(o, u.Host) {
+				return true
+			}
+		}
+		return false
+	}
+	if strings.EqualFold(u.Host, r.Host) {
+		return true
+	}
+	for _, m := range a.cfg.Backend.Members() {
+		if strings.EqualFold(u.Host, m) {
+			return true
+		}
+	}
+	return false
+}
+
+func (a *API) serveWS(w http.ResponseWriter, r *http.Request, id string) {
+	if !uuidPattern.MatchString(id) {
+		setCORS(w.Header())
+		writeError(w, http.StatusBadRequest, "Invalid session ID format")
+		return
+	}
+	if !a.originAllowed(r) {
+		a.log.Warn("websocket origin refused", "origin", r.Header.Get("Origin"), "remote_addr", r.RemoteAddr)
+		setCORS(w.Header())
+		writeError(w, http.StatusForbidden, "Origin not allowed")
+		return
+	}
+	var req JoinRequest
+	req.Session = id
+	if s := r.URL.Query().Get("since"); s != "" {
+		since, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			setCORS(w.Header())
+			writeError(w, http.StatusBadRequest, "since must be a non-negative integer")
+			return
+		}
+		req.Since = &since
+	}
+	a.mu.Lock()
+	closing := a.closing
+	a.mu.Unlock()
+	if closing {
+		http.Error(w, "Service temporarily unavailable", http.StatusServiceUnavailable)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.JoinTimeout)
+	p, err := a.cfg.Backend.Join(ctx, req)
+	cancel()
+	if err != nil {
+		setCORS(w.Header())
+		switch {
+		case errors.Is(err, ErrNotFound):
+			writeError(w, http.StatusNotFound, "Session not found")
+		case errors.Is(err, ErrFull):
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte("Session full (max 10 players)")) // as in get
+		case errors.Is(err, ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
+			w.Header().Set("Retry-After", "2")
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte("Service temporarily unavailable")) // as in get
+		default:
+			a.log.Error("websocket join failed", "session_id", id, "error", err)
+			writeError(w, http.StatusInternalServerError, "WebSocket connection failed")
+		}
+		return
+	}
+	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true, CompressionMode: websocket.CompressionDisabled})
+	if err != nil {
+		p.Leave()
+		a.log.Debug("websocket upgrade failed", "session_id", id, "error", err)
+		return
+	}
+	// Frames over MaxBody get an error reply, not a close: read a little more
+	// than that, and let only abusive frames close the connection (1009).
+	conn.SetReadLimit(int64(a.cfg.MaxBody)*4 + 1024)
+	s := &socket{api: a, conn: conn, player: p, session: id, remote: r.RemoteAddr}
+	if !a.track(s) {
+		p.Leave()
+		_ = conn.Close(closeServiceRestart, "service restart") // shutting down; the client reconnects elsewhere
+		return
+	}
+	a.wsl.add(a.cfg.Now(), id, p.ID(), "connect", "")
+	s.run()
+}
+
+func (a *API) track(s *socket) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closing {
+		return false
+	}
+	a.sockets[s] = struct{}{}
+	a.wg.Add(1)
+	return true
+}
+
+func (a *API) untrack(s *socket) {
+	a.mu.Lock()
+	delete(a.sockets, s)
+	a.mu.Unlock()
+	a.wg.Done()
+}
+
+// Shutdown closes every socket with 1012 (service restart) and waits for
+// their goroutines, or for ctx.
+func (a *API) Shutdown(ctx context.Context) error {
+	a.mu.Lock()
+	a.closing = true
+	socks := make([]*socket, 0, len(a.sockets))
+	for s := range a.sockets {
+		socks = append(socks, s)
+	}
+	a.mu.Unlock()
+	for _, s := range socks {
+		s.close(closeServiceRestart, "service restart; reconnect")
+	}
+	done := make(chan struct{})
+	go func() { a.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Sockets returns the number of open sockets.
+func (a *API) Sockets() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.sockets)
+}
+
+// socket runs one connection: a reader (this goroutine) and a writer.
+type socket struct {
+	api     *API
+	conn    *websocket.Conn
+	player  Player
+	session string
+	remote  string
+
+	closeOnce sync.Once
+	bucket    tokenBucket
+	warned    time.Time // when the rate-limit warning was sent
+}
+
+func (s *socket) close(code websocket.StatusCode, reason string) {
+	s.closeOnce.Do(func() {
+		_ = s.conn.Close(code, reason) // the peer may be gone already; nothing else to do
+	})
+}
+
+func (s *socket) write(ctx context.Context, frame []byte) error {
+	wctx, cancel := context.WithTimeout(ctx, s.api.cfg.WriteTimeout)
+	defer cancel()
+	return s.conn.Write(wctx, websocket.MessageText, frame)
+}
+
+func (s *socket) run() {
+	a := s.api
+	defer a.untrack(s)
+	defer s.player.Leave()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for _, f := range s.player.First() {
+		if err := s.write(ctx, f); err != nil {
+			s.close(closeGoingAway, "write failed")
+			return
+		}
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer cancel()
+		s.writeLoop(ctx)
+	}()
+	if a.cfg.PingInterval > 0 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.pingLoop(ctx)
+		}()
+	}
+	if a.cfg.WSRate > 0 {
+		s.bucket = tokenBucket{rate: float64(a.cfg.WSRate), burst: float64(2 * a.cfg.WSRate), tokens: float64(2 * a.cfg.WSRate), last: a.cfg.Now()}
+	}
+	err := s.readLoop(ctx)
+	cancel()
+	code, reason := closeCode(err)
+	if websocket.CloseStatus(err) != -1 || errors.Is(err, context.Canceled) {
+		code, reason = closeGoingAway, "closed"
+	}
+	s.close(code, reason)
+	a.wsl.add(a.cfg.Now(), s.session, s.player.ID(), "disconnect", reason)
+}
+
+func (s *socket) writeLoop(ctx context.Context) {
+	for {
+		frame, err := s.player.Next(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				code, reason := closeCode(err)
+				s.api.log.Debug("closing socket", "session_id", s.session, "player_id", s.player.ID(), "code", int(code), "error", err)
+				s.close(code, reason)
+			}
+			return
+		}
+		if err := s.write(ctx, frame); err != nil {
+			s.close(closeTryAgainLater, "write timed out")
+			return
+		}
+	}
+}
+
+func (s *socket) pingLoop(ctx context.Context) {
+	t := time.NewTicker(s.api.cfg.PingInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			pctx, cancel := context.WithTimeout(ctx, s.api.cfg.PingInterval)
+			err := s.conn.Ping(pctx)
+			cancel()
+			if err != nil && ctx.Err() == nil {
+				s.close(closeGoingAway, "ping timeout")
+				return
+			}
+		}
+	}
+}
+
+// utf16Len is the length JavaScript sees for a text frame.
+func utf16Len(b []byte) int {
+	n := 0
+	for len(b) > 0 {
+		r, size := utf8.DecodeRune(b)
+		b = b[size:]
+		if r >= 0x10000 {
+			n += 2
+		} else {
+			n++
+		}
+	}
+	return n
+}
+
+func (s *socket) readLoop(ctx context.Context) error {
+	a := s.api
+	for {
+		typ, data, err := s.conn.Read(ctx)
+		if err != nil {
+			return err
+		}
+		size := len(data)
+		if typ == websocket.MessageText && size > a.cfg.MaxBody {
+			size = utf16Len(data)
+		}
+		if size > a.cfg.MaxBody {
+			if err := s.write(ctx, []byte(frameTooLarge)); err != nil {
+				return err
+			}
+			continue
+		}
+		s.player.Touch()
+		if typ == websocket.MessageText && string(data) == "ping" {
+			if err := s.write(ctx, []byte("pong")); err != nil {
+				return err
+			}
+			continue
+		}
+		if a.cfg.WSRate > 0 && !s.bucket.take(a.cfg.Now()) {
+			now := a.cfg.Now()
+			if !s.warned.IsZero() && now.Sub(s.warned) < 5*time.Second {
+				return errRateLimited
+			}
+			s.warned = now
+			if err := s.write(ctx, []byte(frameRateLimit)); err != nil {
+				return err
+			}
+			continue
+		}
+		var env struct {
+			Type *string         `json:"type"`
+			Seq  json.RawMessage `json:"seq"`
+		}
+		if !json.Valid(data) {
+			if err := s.write(ctx, []byte(frameBadJSON)); err != nil {
+				return err
+			}
+			continue
+		}
+		if json.Unmarshal(data, &env) != nil || env.Type == nil {
+			continue // not an object, or no string type: ignored silently
+		}
+		t := *env.Type
+		if !mutatingTypes[t] && !readOnlyTypes[t] {
+			continue
+		}
+		a.wsl.add(a.cfg.Now(), s.session, s.player.ID(), "message", t)
+		if mutatingTypes[t] && s.player.Immutable() {
+			if err := s.write(ctx, []byte(framePublished)); err != nil {
+				return err
+			}
+			continue
+		}
+		if t == "state_hash" {
+			var h struct {
+				Hash string `json:"hash"`
+			}
+			if json.Unmarshal(data, &h) == nil {
+				a.hash.add(s.session, s.player.ID(), h.Hash, a.cfg.Now())
+			}
+		}
+		var seq *int64
+		var f float64
+		if env.Seq != nil && json.Unmarshal(env.Seq, &f) == nil && f == math.Trunc(f) && math.Abs(f) < 1<<53 {
+			v := int64(f)
+			seq = &v
+		}
+		hctx, cancel := context.WithTimeout(ctx, a.cfg.JoinTimeout)
+		replies, err := s.player.Handle(hctx, t, seq, data)
+		cancel()
+		for _, r := range replies {
+			if werr := s.write(ctx, r); werr != nil {
+				return werr
+			}
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// tokenBucket is the per-socket message rate limit.
+type tokenBucket struct {
+	rate, burst, tokens float64
+	last                time.Time
+}
+
+func (b *tokenBucket) take(now time.Time) bool {
+	b.tokens = math.Min(b.burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)
+	b.last = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
