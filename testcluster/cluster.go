@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -56,6 +57,14 @@ type Options struct {
 	// LogLevel of the nodes' loggers, which write to the test log. Default warn
 	// (CHORUS_TEST_LOG=debug overrides).
 	LogLevel hclog.Level
+	// HTTP serves each node's Keyboardia API, admin routes and web client on
+	// its own address (Member.HTTPAddr, fixed across restarts).
+	HTTP bool
+	// ConfigureAPI, when set, adjusts each node's API config (HTTP only).
+	// The defaults: no create or message rate limit, the built-in web client.
+	ConfigureAPI func(i int, cfg *transport.APIConfig)
+	// AdminToken for the admin routes (HTTP only). Default "test-admin-token".
+	AdminToken string
 }
 
 // Member is one node of an in-process cluster.
@@ -64,10 +73,24 @@ type Member struct {
 	ID       string
 	DataDir  string
 	PeerAddr string // fixed for the life of the cluster, across restarts
+	HTTPAddr string // with Options.HTTP: the client address, fixed across restarts
 
-	mu   sync.Mutex // guards node
-	node *node.Node
+	mu     sync.Mutex // guards node, api, srv, served
+	node   *node.Node
+	api    *transport.API
+	srv    *http.Server
+	served chan error
 }
+
+// API returns the running node's HTTP API, or nil.
+func (m *Member) API() *transport.API {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.api
+}
+
+// URL returns the member's HTTP base URL, "http://host:port".
+func (m *Member) URL() string { return "http://" + m.HTTPAddr }
 
 // Node returns the running node, or nil while the member is down.
 func (m *Member) Node() *node.Node {
@@ -118,6 +141,9 @@ func New(tb testing.TB, opts Options) *Cluster {
 			DataDir:  filepath.Join(dir, "n"+strconv.Itoa(i+1)),
 			PeerAddr: net.JoinHostPort(ip, strconv.Itoa(freePort(tb, ip))),
 		})
+		if opts.HTTP {
+			c.Members[i].HTTPAddr = net.JoinHostPort(ip, strconv.Itoa(freePort(tb, ip)))
+		}
 	}
 	tb.Cleanup(c.Close)
 	for i := range c.Members {
@@ -148,11 +174,14 @@ func (c *Cluster) Config(i int) node.Config {
 	}
 	cfg := node.Config{
 		ID: m.ID, DataDir: m.DataDir, PeerAddr: m.PeerAddr,
-		HTTPAddr:      "http-" + m.ID, // in-process clusters serve no HTTP
+		HTTPAddr:      "http-" + m.ID, // without Options.HTTP, in-process clusters serve no HTTP
 		Peers:         peers,
 		ClusterSecret: c.secret,
 		Logger:        c.log.Named(m.ID),
 		Faults:        c.Faults,
+	}
+	if c.opts.HTTP {
+		cfg.HTTPAddr = m.HTTPAddr
 	}
 	if c.opts.Configure != nil {
 		c.opts.Configure(i, &cfg)
@@ -206,6 +235,51 @@ func (c *Cluster) start(i int, adjust func(*node.Config)) {
 		c.tb.Fatalf("start %s: %v", m.ID, err)
 	}
 	m.node = n
+	if c.opts.HTTP {
+		c.serveHTTP(m, n)
+	}
+}
+
+// serveHTTP serves the node's API and admin routes on m.HTTPAddr.
+func (c *Cluster) serveHTTP(m *Member, n *node.Node) {
+	c.tb.Helper()
+	var ln net.Listener
+	if err := Poll(5*time.Second, func() error {
+		var err error
+		ln, err = net.Listen("tcp", m.HTTPAddr)
+		return err
+	}); err != nil {
+		c.tb.Fatalf("start %s: listen http: %v", m.ID, err)
+	}
+	cfg := transport.APIConfig{Backend: n.API(), Logger: c.log.Named(m.ID), Static: transport.WebClient()}
+	if c.opts.ConfigureAPI != nil {
+		c.opts.ConfigureAPI(m.Index, &cfg)
+	}
+	api := transport.NewAPI(cfg)
+	mux := http.NewServeMux()
+	token := c.opts.AdminToken
+	if token == "" {
+		token = "test-admin-token"
+	}
+	transport.AdminHandler(mux, transport.AdminConfig{Cluster: n, AdminToken: token, Logger: c.log.Named(m.ID)})
+	mux.Handle("/", api)
+	m.api, m.srv, m.served = api, &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, make(chan error, 1)
+	go func(srv *http.Server, served chan error) { served <- srv.Serve(ln) }(m.srv, m.served)
+}
+
+// stopHTTP closes the member's sockets (1012) and HTTP server. The caller holds m.mu.
+func (c *Cluster) stopHTTP(m *Member) {
+	if m.srv == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := m.api.Shutdown(ctx); err != nil {
+		c.tb.Errorf("stop %s: close sockets: %v", m.ID, err)
+	}
+	_ = m.srv.Close() // Serve returns ErrServerClosed below; nothing else to report
+	<-m.served
+	m.api, m.srv, m.served = nil, nil, nil
 }
 
 // Kill stops member i at once: no leadership transfer, subscribers dropped.
@@ -215,6 +289,7 @@ func (c *Cluster) Kill(i int) {
 	m.mu.Lock()
 	n := m.node
 	m.node = nil
+	c.stopHTTP(m)
 	m.mu.Unlock()
 	if n == nil {
 		return
@@ -232,6 +307,7 @@ func (c *Cluster) Stop(i int) {
 	m.mu.Lock()
 	n := m.node
 	m.node = nil
+	c.stopHTTP(m)
 	m.mu.Unlock()
 	if n == nil {
 		return
