@@ -342,8 +342,11 @@ func (a *API) put(w http.ResponseWriter, r *http.Request, id string) {
 	}
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(body, &fields); err != nil {
-		writeError(w, http.StatusBadRequest, "Invalid request body")
-		return
+		if !json.Valid(body) {
+			writeError(w, http.StatusBadRequest, "Invalid request body")
+			return
+		}
+		fields = nil // valid JSON but not an object: it has no state (check 5, not 4)
 	}
 	state := fields["state"]
 	if state == nil {
@@ -480,7 +483,11 @@ func (a *API) debugSessionSub(w http.ResponseWriter, r *http.Request, id, sub st
 		writeJSON(w, http.StatusOK, map[string]any{"activeConnections": len(conns), "players": conns,
 			"messageRate": fmt.Sprintf("%d/sec", a.wsl.rate(id, a.cfg.Now()))})
 	case "clock":
-		writeJSON(w, http.StatusOK, map[string]any{"serverTime": a.cfg.Now().UnixMilli(), "connectedClients": a.cfg.Backend.Connections(id)})
+		clients := a.cfg.Backend.Connections(id)
+		if clients == nil {
+			clients = []json.RawMessage{} // an array on the wire, never null
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"serverTime": a.cfg.Now().UnixMilli(), "connectedClients": clients})
 	case "state-sync":
 		h, err := a.cfg.Backend.StateHash(r.Context(), id)
 		if err != nil {
