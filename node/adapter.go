@@ -32,6 +32,9 @@ type adapter struct {
 
 	// onApplied runs on the FSM goroutine after each batch, outside the lock.
 	onApplied func(index uint64)
+	// halt, when set, is closed when the node begins to close: raft applies
+	// nothing after that, so waitApplied stops waiting.
+	halt <-chan struct{}
 }
 
 var (
@@ -112,6 +115,8 @@ func (a *adapter) waitApplied(ctx context.Context, index uint64) error {
 		}
 		select {
 		case <-ch:
+		case <-a.halt:
+			return ErrShutdown
 		case <-ctx.Done():
 			return fmt.Errorf("wait for index %d (applied %d): %w", index, a.applied.Load(), ctx.Err())
 		}

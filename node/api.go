@@ -460,9 +460,14 @@ func (a *API) Join(ctx context.Context, req transport.JoinRequest) (transport.Pl
 	if _, ok := a.Immutable(req.Session); !ok {
 		return nil, transport.ErrNotFound
 	}
-	p := &player{api: a, session: req.Session, id: newUUID()}
+	p := &player{api: a, session: req.Session, id: newUUID(), snapKick: make(chan struct{}, 1)}
 	res, err := a.submit(ctx, fsm.Command{Kind: fsm.KindPlayerJoin, Session: req.Session, Player: p.id, Node: a.n.cfg.ID, Epoch: a.n.Epoch()})
 	if err != nil {
+		if !errors.Is(err, transport.ErrNotFound) && !errors.Is(err, transport.ErrFull) {
+			// The join may still commit after our deadline: take it back, or
+			// the player would hold one of the 10 seats with no socket.
+			p.Leave()
+		}
 		return nil, err
 	}
 	switch res.Status {
@@ -603,6 +608,46 @@ type player struct {
 	first     [][]byte
 	sub       *Subscription
 	leaveOnce sync.Once
+
+	// Snapshots asked for with request_snapshot go out through Next, in
+	// order with the broadcasts: after the ones they include, before the
+	// ones they do not. A reply written by the reader would overtake
+	// queued broadcasts it already contains (the client applies them
+	// twice) or trail newer ones it lacks (the client loses them).
+	snapMu   sync.Mutex // guards snaps
+	snaps    []pendingSnapshot
+	snapKick chan struct{} // wakes Next when a snapshot is queued; buffered 1
+	held     *Delivery     // taken while a snapshot was waiting; Next's goroutine only
+	skipTo   uint64        // events at or below are in a snapshot sent; Next's goroutine only
+}
+
+// maxPendingSnapshots bounds the snapshots queued for a socket whose writes
+// are blocked.
+const maxPendingSnapshots = 4
+
+// pendingSnapshot is a rendered snapshot and the index it reflects.
+type pendingSnapshot struct {
+	frame []byte
+	index uint64
+}
+
+// popSnapshot returns the oldest queued snapshot, or nil.
+func (p *player) popSnapshot() []byte {
+	p.snapMu.Lock()
+	defer p.snapMu.Unlock()
+	if len(p.snaps) == 0 {
+		return nil
+	}
+	s := p.snaps[0]
+	p.snaps = p.snaps[1:]
+	p.skipTo = max(p.skipTo, s.index)
+	return s.frame
+}
+
+func (p *player) snapshotQueued() bool {
+	p.snapMu.Lock()
+	defer p.snapMu.Unlock()
+	return len(p.snaps) > 0
 }
 
 func (p *player) ID() string      { return p.id }
@@ -623,32 +668,50 @@ func (p *player) Touch() {
 // Next returns the next frame for this socket, skipping what is not for it.
 func (p *player) Next(ctx context.Context) ([]byte, error) {
 	for {
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case d, ok := <-p.sub.C:
-			if !ok {
-				return nil, subscriptionErr(p.sub.Err())
-			}
-			if d.Frame != nil {
-				if d.Exclude == p.id {
+		if f := p.popSnapshot(); f != nil {
+			return f, nil
+		}
+		var d Delivery
+		if p.held != nil {
+			d, p.held = *p.held, nil
+		} else {
+			var ok bool
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-p.snapKick:
+				continue
+			case d, ok = <-p.sub.C:
+				if !ok {
+					return nil, subscriptionErr(p.sub.Err())
+				}
+				if p.snapshotQueued() {
+					// Queued before this delivery was published: it goes first.
+					p.held = &d
 					continue
 				}
-				return d.Frame, nil
 			}
-			ev := &d.Event
-			switch {
-			case ev.Type == fsm.EventSessionDeleted:
-				return nil, transport.ErrGone
-			case ev.Type == fsm.EventPlayerLeft && ev.Player == p.id:
-				// This node's incarnation was retired or reaped: the client
-				// must reconnect as a new player.
-				return nil, fmt.Errorf("player removed from the session: %w", transport.ErrRestarting)
-			case ev.Others && ev.Player == p.id:
+		}
+		if d.Frame != nil {
+			if d.Exclude == p.id {
 				continue
 			}
-			return ev.AppendJSON(nil), nil
+			return d.Frame, nil
 		}
+		ev := &d.Event
+		switch {
+		case ev.Type == fsm.EventSessionDeleted:
+			return nil, transport.ErrGone
+		case ev.Type == fsm.EventPlayerLeft && ev.Player == p.id:
+			// This node's incarnation was retired or reaped: the client
+			// must reconnect as a new player.
+			return nil, fmt.Errorf("player removed from the session: %w", transport.ErrRestarting)
+		case d.Index <= p.skipTo:
+			continue // in a snapshot this socket was sent
+		case ev.Others && ev.Player == p.id:
+			continue
+		}
+		return ev.AppendJSON(nil), nil
 	}
 }
 
@@ -808,16 +871,30 @@ func (p *player) Handle(ctx context.Context, typ string, seq *int64, raw []byte)
 		}
 		return [][]byte{[]byte(`{"type":"state_mismatch","serverHash":"` + h + `"}`)}, nil
 	case "request_snapshot":
-		var frame []byte
-		a.n.View(func(st *fsm.State, _ uint64) {
+		// Queued under the state lock: no event past index is published
+		// before Next knows the snapshot must precede it.
+		found := false
+		a.n.View(func(st *fsm.State, index uint64) {
 			if s := st.Session(p.session); s != nil {
-				frame = a.snapshotFrame(s, p.id)
+				found = true
+				ps := pendingSnapshot{frame: a.snapshotFrame(s, p.id), index: index}
+				p.snapMu.Lock()
+				if len(p.snaps) < maxPendingSnapshots {
+					p.snaps = append(p.snaps, ps)
+				} else {
+					p.snaps[len(p.snaps)-1] = ps // a blocked socket: the newest answers the last requests too
+				}
+				p.snapMu.Unlock()
 			}
 		})
-		if frame == nil {
+		if !found {
 			return nil, transport.ErrGone
 		}
-		return [][]byte{frame}, nil
+		select {
+		case p.snapKick <- struct{}{}:
+		default: // Next is already due to look
+		}
+		return nil, nil
 	case "clock_sync_request":
 		ct := []byte(m.ClientTime)
 		if ct == nil {

@@ -86,6 +86,7 @@ func New(cfg Config) (*Node, error) {
 	n.stop, n.halt = cancel, ctx.Done()
 	n.fsm = newAdapter(log.Named("fsm"), n.hub)
 	n.fsm.onApplied = n.checkReaped
+	n.fsm.halt = n.halt
 	n.api = newAPI(n)
 
 	ok := false

@@ -39,9 +39,6 @@ type APIConfig struct {
 	Static fs.FS
 	// MaxBody bounds HTTP bodies and WebSocket messages. Default 65536.
 	MaxBody int
-	// SendQueue bounds the frames waiting to be written to one socket beyond
-	// the subscription queue. Default 256.
-	SendQueue int
 	// JoinTimeout bounds a WebSocket join (barrier, log entry). Default 10s.
 	JoinTimeout time.Duration
 	// WriteTimeout bounds each frame write. Default 10s.
@@ -77,9 +74,6 @@ func NewAPI(cfg APIConfig) *API {
 	}
 	if cfg.MaxBody == 0 {
 		cfg.MaxBody = 65536
-	}
-	if cfg.SendQueue == 0 {
-		cfg.SendQueue = 256
 	}
 	if cfg.JoinTimeout == 0 {
 		cfg.JoinTimeout = 10 * time.Second
