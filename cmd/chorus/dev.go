@@ -34,15 +34,9 @@ func dev(args []string, stdout, stderr io.Writer, getenv func(string) string) er
 	staticDir := fs.String("static-dir", "", "serve this directory (a Keyboardia build) instead of the built-in web client")
 	wsRate := fs.Int("ws-rate", 100, "messages per second per socket, bursts of twice that; 0 turns the limit off")
 	logLevel := fs.String("log-level", "info", "log level: trace, debug, info, warn, error")
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: chorus dev [flags]\n\nRuns a three-node cluster in this process for local development. Restarting it\nkeeps the sessions (they live under --data-dir). Every flag has a CHORUS_* twin.\n\nFlags:\n")
-		fs.PrintDefaults()
-	}
-	if err := parseWithEnv(fs, args, getenv); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return &exitError{code: usageExitCode, err: err}
+	if help, err := parseCommand(fs, args, getenv, "chorus dev [flags]",
+		"Runs a three-node cluster in this process for local development. Restarting it\nkeeps the sessions (they live under --data-dir). Every flag has a CHORUS_* twin."); help || err != nil {
+		return err
 	}
 	root, err := newLogger(*logLevel, "text", stderr)
 	if err != nil {

@@ -76,6 +76,23 @@ func parseWithEnv(fs *flag.FlagSet, args []string, getenv func(string) string) e
 	return fs.Parse(args)
 }
 
+// parseCommand installs the usage text and parses args over the environment.
+// help is true when the user asked for -h (the usage is printed); a bad
+// command line is a usage error.
+func parseCommand(fs *flag.FlagSet, args []string, getenv func(string) string, synopsis, about string) (help bool, err error) {
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: %s\n\n%s\n\nFlags:\n", synopsis, about)
+		fs.PrintDefaults()
+	}
+	if err := parseWithEnv(fs, args, getenv); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return true, nil
+		}
+		return false, &exitError{code: usageExitCode, err: err}
+	}
+	return false, nil
+}
+
 // parsePeers reads "n1=127.0.0.1:9081,n2=127.0.0.1:9082".
 func parsePeers(s string) ([]node.Peer, error) {
 	if strings.TrimSpace(s) == "" {
@@ -114,15 +131,9 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 	fs.SetOutput(stderr)
 	var f serveFlags
 	f.register(fs)
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: chorus serve --id ID --data-dir DIR --cluster-secret S [flags]\n\nRuns one cluster node. Every flag can also be set by its CHORUS_* environment twin\n(--data-dir is CHORUS_DATA_DIR); flags win over the environment.\n\nFlags:\n")
-		fs.PrintDefaults()
-	}
-	if err := parseWithEnv(fs, args, getenv); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return &exitError{code: usageExitCode, err: err}
+	if help, err := parseCommand(fs, args, getenv, "chorus serve --id ID --data-dir DIR --cluster-secret S [flags]",
+		"Runs one cluster node. Every flag can also be set by its CHORUS_* environment twin\n(--data-dir is CHORUS_DATA_DIR); flags win over the environment."); help || err != nil {
+		return err
 	}
 	if fs.NArg() > 0 {
 		return &exitError{code: usageExitCode, err: fmt.Errorf("serve: unexpected argument %q", fs.Arg(0))}
