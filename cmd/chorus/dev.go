@@ -84,18 +84,32 @@ func dev(args []string, stdout, stderr io.Writer, getenv func(string) string) er
 	return stopAll(nodes)
 }
 
+// stopAll stops the nodes phase by phase, so that every node still has a
+// quorum when it retires its players: first all sockets, then the retires,
+// then the nodes one by one.
 func stopAll(nodes []*running) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	var wg sync.WaitGroup
-	errs := make([]error, len(nodes))
-	for i, r := range nodes {
-		if r == nil {
-			continue
+	var errs []error
+	each := func(phase func(r *running) error) {
+		var wg sync.WaitGroup
+		out := make([]error, len(nodes))
+		for i, r := range nodes {
+			if r == nil {
+				continue
+			}
+			wg.Add(1)
+			go func() { defer wg.Done(); out[i] = phase(r) }()
 		}
-		wg.Add(1)
-		go func() { defer wg.Done(); errs[i] = r.stop(ctx) }()
+		wg.Wait()
+		errs = append(errs, out...)
 	}
-	wg.Wait()
+	each(func(r *running) error { return r.closeSockets(ctx) })
+	each(func(r *running) error { return r.retire(ctx) })
+	for _, r := range nodes {
+		if r != nil {
+			errs = append(errs, r.shutdown(ctx))
+		}
+	}
 	return errors.Join(errs...)
 }

@@ -77,14 +77,29 @@ func startNode(log hclog.Logger, o nodeOptions) (*running, error) {
 // stop closes sockets with 1012, retires this node's players, hands
 // leadership over, and stops the HTTP server and the node.
 func (r *running) stop(ctx context.Context) error {
-	var errs []error
+	return errors.Join(r.closeSockets(ctx), r.retire(ctx), r.shutdown(ctx))
+}
+
+// closeSockets closes every socket with 1012 (service restart).
+func (r *running) closeSockets(ctx context.Context) error {
 	if err := r.api.Shutdown(ctx); err != nil {
-		errs = append(errs, fmt.Errorf("close sockets: %w", err))
+		return fmt.Errorf("close sockets: %w", err)
 	}
+	return nil
+}
+
+// retire drops this node's players in one log entry; if that fails, the
+// node's next epoch (or the leader's reaper) drops them.
+func (r *running) retire(ctx context.Context) error {
 	if err := r.node.Retire(ctx); err != nil {
 		r.log.Warn("players not retired; the next epoch drops them", "error", err)
 	}
-	errs = append(errs, r.node.Shutdown(ctx))
+	return nil
+}
+
+// shutdown hands leadership over and stops the node and the HTTP server.
+func (r *running) shutdown(ctx context.Context) error {
+	errs := []error{r.node.Shutdown(ctx)}
 	if err := r.srv.Shutdown(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("http shutdown: %w", err))
 	}
