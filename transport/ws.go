@@ -354,12 +354,6 @@ func (s *socket) readLoop(ctx context.Context) error {
 			continue
 		}
 		s.player.Touch()
-		if typ == websocket.MessageText && string(data) == "ping" {
-			if err := s.write(ctx, []byte("pong")); err != nil {
-				return err
-			}
-			continue
-		}
 		if a.cfg.WSRate > 0 && !s.bucket.take(a.cfg.Now()) {
 			now := a.cfg.Now()
 			if !s.warned.IsZero() && now.Sub(s.warned) < 5*time.Second {
@@ -367,6 +361,12 @@ func (s *socket) readLoop(ctx context.Context) error {
 			}
 			s.warned = now
 			if err := s.write(ctx, []byte(frameRateLimit)); err != nil {
+				return err
+			}
+			continue
+		}
+		if typ == websocket.MessageText && string(data) == "ping" {
+			if err := s.write(ctx, []byte("pong")); err != nil {
 				return err
 			}
 			continue
