@@ -1,6 +1,16 @@
 // Package transport owns everything that crosses a wire.
 //
-// The peer port (peer.go) is built. Each node has one peer TCP listener
+// The Keyboardia API (api.go, ws.go): every HTTP route of PROTOCOL.md §1 and
+// the WebSocket of §3 and §4, over a Backend that a node implements. It owns
+// the wire rules (routing, id checks, body limits, CORS, error shapes, the
+// create rate limit, frame size, ping, invalid JSON, published-session
+// errors, the per-socket message rate limit, the Origin allow-list) and maps
+// errors to HTTP statuses and close codes in one place each. The debug
+// routes' request and socket logs live here (apilogs.go). The built-in web
+// client is embedded from web/ (web.go). The admin and health routes of
+// DESIGN.md §7 are in admin.go.
+//
+// The peer port (peer.go): each node has one peer TCP listener
 // that carries both hashicorp/raft's stream traffic and chorus's own RPCs.
 // Every connection, in either direction, first passes a mutual HMAC-SHA256
 // challenge over the cluster secret (handshake.go); a connection that fails
@@ -14,9 +24,6 @@
 // per-address firewall rules can cut single links. Faults (faults.go) lets
 // tests refuse, drop or delay each directed link between node ids; product
 // code passes nil.
-//
-// Still to come: the Keyboardia client's HTTP and WebSocket API, the mapping
-// of errors to close codes, and the embedded web client.
 //
 // It must not import node or fsm, and must not touch raft: node translates
 // between the client wire types defined here and the replicated fsm.Command,
