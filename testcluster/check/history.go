@@ -1,0 +1,139 @@
+package check
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Outcome is what a client learned about an operation it invoked.
+type Outcome string
+
+// The three outcomes, as in Jepsen: OK means the write was acknowledged (or the
+// read returned), Failed means it definitely did not take effect, Unknown means
+// it may or may not have (a timeout, a dropped socket, an ambiguous error). The
+// harness must record any error that could follow a commit as Unknown, never
+// Failed: the checkers assume a Failed write never applied.
+const (
+	OK      Outcome = "ok"
+	Failed  Outcome = "failed"
+	Unknown Outcome = "unknown"
+)
+
+// Operation kinds. Every kind except KindRead and KindToggleStep sets its Key
+// to Value. KindToggleStep flips a boolean step register ("true"/"false", with
+// "" meaning off); its Value is the resulting state reported by the ack, or ""
+// when the outcome is not OK.
+const (
+	KindToggleStep       = "toggle_step"
+	KindSetTempo         = "set_tempo"
+	KindSetTrackVolume   = "set_track_volume"
+	KindAddTrack         = "add_track"
+	KindDeleteTrack      = "delete_track"
+	KindSetParameterLock = "set_parameter_lock"
+	KindHTTPPut          = "http_put"
+	KindRead             = "read"
+)
+
+// TypeSnapshot is the Delivery.Type of a full-state message (on connect or
+// resync). A snapshot is a resync point, not a broadcast: its Seq is the index
+// the state was taken at, and the chain checks restart after it.
+const TypeSnapshot = "snapshot"
+
+// Op is one client operation on one register of one session. Model
+// assumption: each recorded op touches exactly one register (Key), e.g.
+// "tempo", "track:<id>:volume", "track:<id>:step:<n>", "track:<id>:exists".
+// The workload must not generate ops whose effect spans several registers
+// that it then reads or checks (an http_put of a whole state, or a
+// delete_track that clears steps), or must record them as one Op per
+// register with the same OpID.
+type Op struct {
+	Client  int       `json:"client"`
+	Session string    `json:"session"`
+	Kind    string    `json:"kind"`
+	Key     string    `json:"key"`
+	Value   string    `json:"value"`
+	OpID    string    `json:"opId,omitempty"`
+	Invoke  time.Time `json:"invoke"`
+	// Complete is when the client got its answer or gave up; ignored for
+	// Unknown ops, which may take effect at any later time.
+	Complete time.Time `json:"complete"`
+	Outcome  Outcome   `json:"outcome"`
+	// Seq is the seq of the ack (the Raft index of the entry), 0 if none.
+	Seq uint64 `json:"seq,omitempty"`
+}
+
+// IsWrite reports whether o changes its register.
+func (o Op) IsWrite() bool { return o.Kind != KindRead }
+
+// Delivery is one message with a seq that a client's socket received.
+type Delivery struct {
+	Client int `json:"client"`
+	// Conn numbers the client's connections 0, 1, 2 … in the order it opened
+	// them.
+	Conn    int    `json:"conn"`
+	Node    string `json:"node"`
+	Session string `json:"session"`
+	Seq     uint64 `json:"seq"`
+	// PrevSeq is the seq of the session's previous broadcast if the server
+	// says so, else 0 (unknown).
+	PrevSeq uint64 `json:"prevSeq,omitempty"`
+	Type    string `json:"type"`
+	// PlayerID and ClientSeq identify the client operation that produced a
+	// broadcast (ClientSeq 0: none, e.g. presence).
+	PlayerID  string    `json:"playerId,omitempty"`
+	ClientSeq uint64    `json:"clientSeq,omitempty"`
+	At        time.Time `json:"at"`
+}
+
+// Close records that a client's connection was closed, by either side.
+type Close struct {
+	Client int       `json:"client"`
+	Conn   int       `json:"conn"`
+	Code   int       `json:"code"`
+	At     time.Time `json:"at"`
+}
+
+// NodeState is one node's final state of one session, taken after healing.
+type NodeState struct {
+	Node    string `json:"node"`
+	Session string `json:"session"`
+	Hash    string `json:"hash"`
+	// Snapshot is the FSM snapshot bytes or the session JSON.
+	Snapshot []byte `json:"snapshot"`
+	// Index is the node's applied index when the state was taken.
+	Index uint64 `json:"index"`
+	// Registers is the state as register values, keyed like Op.Key, derived
+	// from Snapshot by the harness. A missing key means "" (absent).
+	Registers map[string]string `json:"registers,omitempty"`
+}
+
+// History is everything one run recorded. The slices are in recording order;
+// within one (Client, Conn), Deliveries must be in the order they arrived.
+type History struct {
+	Ops        []Op        `json:"ops"`
+	Deliveries []Delivery  `json:"deliveries"`
+	Closes     []Close     `json:"closes"`
+	Final      []NodeState `json:"final"`
+	// Initial is each session's register values before the run (session ->
+	// key -> value); a missing key starts as "".
+	Initial map[string]map[string]string `json:"initial,omitempty"`
+}
+
+// Marshal encodes h as indented JSON.
+func (h *History) Marshal() ([]byte, error) {
+	return json.MarshalIndent(h, "", " ")
+}
+
+// Unmarshal decodes a History written by Marshal.
+func Unmarshal(data []byte) (*History, error) {
+	var h History
+	if err := json.Unmarshal(data, &h); err != nil {
+		return nil, fmt.Errorf("check: decode history: %w", err)
+	}
+	return &h, nil
+}
+
+func (h *History) initial(session, key string) string {
+	return h.Initial[session][key]
+}
