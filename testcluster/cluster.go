@@ -134,16 +134,20 @@ func New(tb testing.TB, opts Options) *Cluster {
 		}),
 	}
 	dir := tb.TempDir()
+	var held []net.Listener // keeps chosen ports taken until all are chosen, so no two are equal
 	for i := 0; i < opts.Nodes; i++ {
 		ip := "127.0.0." + strconv.Itoa(opts.FirstIP+i)
 		c.Members = append(c.Members, &Member{
 			Index: i, ID: "n" + strconv.Itoa(i+1),
 			DataDir:  filepath.Join(dir, "n"+strconv.Itoa(i+1)),
-			PeerAddr: net.JoinHostPort(ip, strconv.Itoa(freePort(tb, ip))),
+			PeerAddr: net.JoinHostPort(ip, strconv.Itoa(freePort(tb, ip, &held))),
 		})
 		if opts.HTTP {
-			c.Members[i].HTTPAddr = net.JoinHostPort(ip, strconv.Itoa(freePort(tb, ip)))
+			c.Members[i].HTTPAddr = net.JoinHostPort(ip, strconv.Itoa(freePort(tb, ip, &held)))
 		}
+	}
+	for _, ln := range held {
+		ln.Close()
 	}
 	tb.Cleanup(c.Close)
 	for i := range c.Members {
@@ -155,13 +159,13 @@ func New(tb testing.TB, opts Options) *Cluster {
 
 // freePort finds a port that is free on ip now. The cluster keeps it across
 // restarts, so a node comes back at the address raft knows.
-func freePort(tb testing.TB, ip string) int {
+func freePort(tb testing.TB, ip string, held *[]net.Listener) int {
 	tb.Helper()
 	ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
 	if err != nil {
 		tb.Fatalf("find a free port on %s: %v", ip, err)
 	}
-	defer ln.Close()
+	*held = append(*held, ln)
 	return ln.Addr().(*net.TCPAddr).Port
 }
 

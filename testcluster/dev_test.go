@@ -27,14 +27,17 @@ func TestDevCommand(t *testing.T) {
 	}
 	data := t.TempDir()
 	const host = "127.0.0.91"
-	httpPort, err := pickPort(host)
+	hl, err := holdPort(host)
 	if err != nil {
 		t.Fatal(err)
 	}
-	peerPort, err := pickPort(host)
+	pl, err := holdPort(host)
 	if err != nil {
 		t.Fatal(err)
 	}
+	httpPort, peerPort := hl.Addr().(*net.TCPAddr).Port, pl.Addr().(*net.TCPAddr).Port
+	hl.Close()
+	pl.Close()
 	// n2 and n3 take the next two ports; make sure they are free too.
 	for _, p := range []int{httpPort + 1, httpPort + 2, peerPort + 1, peerPort + 2} {
 		if ln, err := net.Listen("tcp", net.JoinHostPort(host, fmt.Sprint(p))); err != nil {

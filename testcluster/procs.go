@@ -95,13 +95,19 @@ func StartProcs(ctx context.Context, opts ProcOptions) (*Procs, error) {
 		opts.AdminToken = "chorus-test-admin"
 	}
 	p := &Procs{opts: opts, http: &http.Client{Timeout: 2 * time.Second}}
+	var held []net.Listener // chosen ports stay taken until all are chosen, so no two are equal
 	for i := 0; i < opts.Nodes; i++ {
 		ip := "127.0.0." + strconv.Itoa(opts.FirstIP+i)
 		port := func(pinned []int) (int, error) {
 			if i < len(pinned) {
 				return pinned[i], nil
 			}
-			return pickPort(ip)
+			ln, err := holdPort(ip)
+			if err != nil {
+				return 0, err
+			}
+			held = append(held, ln)
+			return ln.Addr().(*net.TCPAddr).Port, nil
 		}
 		hp, err := port(opts.HTTPPorts)
 		if err != nil {
@@ -120,6 +126,9 @@ func StartProcs(ctx context.Context, opts ProcOptions) (*Procs, error) {
 			LogPath:  filepath.Join(opts.Dir, id+".log"),
 		})
 	}
+	for _, ln := range held {
+		ln.Close()
+	}
 	for i := range p.Nodes {
 		if err := p.Start(i); err != nil {
 			p.Close()
@@ -134,12 +143,43 @@ func StartProcs(ctx context.Context, opts ProcOptions) (*Procs, error) {
 }
 
 func pickPort(ip string) (int, error) {
-	ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+	ln, err := holdPort(ip)
 	if err != nil {
-		return 0, fmt.Errorf("find a free port on %s: %w", ip, err)
+		return 0, err
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// holdPort listens on a free port of ip; the caller closes it.
+func holdPort(ip string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+	if err != nil {
+		return nil, fmt.Errorf("find a free port on %s: %w", ip, err)
+	}
+	return ln, nil
+}
+
+// exited returns an error with the tail of the node's log if its process has
+// ended by itself, else nil.
+func (p *Procs) exited(i int) error {
+	n := p.Nodes[i]
+	n.mu.Lock()
+	done, err := n.done, n.err
+	n.mu.Unlock()
+	if done == nil {
+		return nil
+	}
+	select {
+	case <-done:
+	default:
+		return nil
+	}
+	log, _ := os.ReadFile(n.LogPath) // best effort: the log only adds detail to the error
+	if len(log) > 2000 {
+		log = log[len(log)-2000:]
+	}
+	return fmt.Errorf("%s exited (%v); its log ends:\n%s", n.ID, err, log)
 }
 
 // Args returns the command line node i runs with.
@@ -306,6 +346,9 @@ func (p *Procs) WaitLeader(ctx context.Context, within time.Duration) (int, erro
 			n.mu.Unlock()
 			if !up {
 				continue
+			}
+			if err := p.exited(i); err != nil {
+				return err
 			}
 			st, err := p.Status(ctx, i)
 			if err != nil {
