@@ -191,7 +191,31 @@ func (n *Node) serveMember(ctx context.Context, req []byte) error {
 		return leaderRPCErr(raftErr(err))
 	}
 	n.log.Info("membership changed", "member_id", m.ID, "remove", m.Remove, "voter", m.Voter, "peer_addr", m.PeerAddr)
+	if m.Remove {
+		n.reapRemoved(ctx, m.ID)
+	}
 	return nil
+}
+
+// reapRemoved drops the players of a node that left the cluster: the leader
+// no longer watches its heartbeats, so the reaper would never get to them.
+func (n *Node) reapRemoved(ctx context.Context, id string) {
+	var epoch uint64
+	var owns bool
+	n.fsm.view(func(st *fsm.State, _ uint64) {
+		var reaped bool
+		epoch, reaped = st.NodeEpoch(id)
+		owns = !reaped && ownsPlayers(st, id)
+	})
+	if !owns {
+		return
+	}
+	res, err := n.Submit(ctx, fsm.Command{Kind: fsm.KindReapNode, Node: id, Epoch: epoch})
+	if err != nil {
+		n.log.Warn("players of the removed node not dropped; they stay until it rejoins with a new epoch", "member_id", id, "error", err)
+		return
+	}
+	n.log.Info("dropped the players of the removed node", "member_id", id, "epoch", epoch, "status", res.Status)
 }
 
 func (n *Node) serveTransfer(ctx context.Context, target string) error {

@@ -127,3 +127,29 @@ func TestNoReapAfterLeadershipReturns(t *testing.T) {
 		}
 	}
 }
+
+// TestRemovedMemberPlayersDropped removes a follower that hosts a player:
+// the leader drops that player, since it will never hear from the node again.
+func TestRemovedMemberPlayersDropped(t *testing.T) {
+	c := testcluster.New(t, testcluster.Options{FirstIP: 231})
+	ctx := testcluster.Context(t, time.Minute)
+	leader, followers := waitFollowers(t, c)
+	settle(t, c, waitLong)
+	ln, x := c.Members[leader].Node(), c.Members[followers[0]].Node()
+	s := sessionID(1)
+	createSession(t, ctx, ln, s)
+	joinPlayer(t, ctx, ln, s, playerID(1))
+	joinPlayer(t, ctx, x, s, playerID(2))
+	if err := ln.RemoveMember(ctx, x.ID()); err != nil {
+		t.Fatal(err)
+	}
+	testcluster.Eventually(t, waitMid, func() error {
+		if hasPlayer(ln, s, playerID(2)) {
+			return fmt.Errorf("the removed node's player is still in the session")
+		}
+		return nil
+	})
+	if !hasPlayer(ln, s, playerID(1)) {
+		t.Fatal("the leader's own player was dropped")
+	}
+}
