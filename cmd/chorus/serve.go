@@ -23,7 +23,7 @@ type serveFlags struct {
 	id, dataDir, httpAddr, peerAddr, advertise, peers string
 	secret, adminToken                                string
 	logLevel, logFormat                               string
-	heartbeat, election, lease                        time.Duration
+	heartbeat, election, lease, commit                time.Duration
 	snapshotThreshold                                 uint64
 	snapshotInterval                                  time.Duration
 	presenceTimeout                                   time.Duration
@@ -45,6 +45,7 @@ func (f *serveFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.heartbeat, "heartbeat-timeout", 500*time.Millisecond, "raft heartbeat timeout")
 	fs.DurationVar(&f.election, "election-timeout", 500*time.Millisecond, "raft election timeout")
 	fs.DurationVar(&f.lease, "lease-timeout", 250*time.Millisecond, "raft leader lease timeout")
+	fs.DurationVar(&f.commit, "commit-timeout", 5*time.Millisecond, "how long the leader waits without new entries before telling followers the commit index; lower answers writes through followers sooner and costs idle CPU")
 	fs.Uint64Var(&f.snapshotThreshold, "snapshot-threshold", 8192, "log entries between snapshots")
 	fs.DurationVar(&f.snapshotInterval, "snapshot-interval", 30*time.Second, "how often to check whether a snapshot is due")
 	fs.IntVar(&f.wsRate, "ws-rate", 100, "WebSocket messages per second per socket, bursts of twice that; 0 turns the limit off")
@@ -163,7 +164,7 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 		cfg: node.Config{
 			ID: f.id, DataDir: f.dataDir, PeerAddr: f.peerAddr, AdvertiseAddr: f.advertise,
 			HTTPAddr: f.httpAddr, Peers: peers, ClusterSecret: []byte(f.secret), Logger: log,
-			HeartbeatTimeout: f.heartbeat, ElectionTimeout: f.election, LeaderLeaseTimeout: f.lease,
+			HeartbeatTimeout: f.heartbeat, ElectionTimeout: f.election, LeaderLeaseTimeout: f.lease, CommitTimeout: f.commit,
 			SnapshotThreshold: f.snapshotThreshold, SnapshotInterval: f.snapshotInterval,
 			PresenceTimeout: f.presenceTimeout,
 		},
