@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -579,7 +580,7 @@ func (a *API) serveCursor(req []byte) error {
 	var parts [3][]byte
 	rest := req
 	for i := 0; i < 2; i++ {
-		j := indexByte(rest, 0)
+		j := bytes.IndexByte(rest, 0)
 		if j < 0 {
 			return &transport.RPCError{Code: codeBadInput, Msg: "malformed cursor relay"}
 		}
@@ -588,15 +589,6 @@ func (a *API) serveCursor(req []byte) error {
 	parts[2] = rest
 	a.n.hub.publishFrame(string(parts[0]), string(parts[1]), parts[2])
 	return nil
-}
-
-func indexByte(b []byte, c byte) int {
-	for i, x := range b {
-		if x == c {
-			return i
-		}
-	}
-	return -1
 }
 
 // player is one socket's membership.
