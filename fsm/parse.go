@@ -275,9 +275,9 @@ func parseTrack(raw []byte) (SessionTrack, bool) {
 			t.ID, typed = parseString(val)
 			hasID = typed && t.ID != ""
 		case "name":
-			typed = parseStringField(&t, FieldName, &t.Name, val)
+			typed = parseField(&t, FieldName, &t.Name, val, parseSharedString)
 		case "sampleId":
-			typed = parseStringField(&t, FieldSampleID, &t.SampleID, val)
+			typed = parseField(&t, FieldSampleID, &t.SampleID, val, parseSharedString)
 		case "playbackMode":
 			t.Unset(FieldPlaybackMode)
 			t.Mode = ModeNone
@@ -300,17 +300,17 @@ func parseTrack(raw []byte) (SessionTrack, bool) {
 				typed = false
 			}
 		case "volume":
-			typed = parseNumberField(&t, FieldVolume, &t.Volume, val)
+			typed = parseField(&t, FieldVolume, &t.Volume, val, parseNumber)
 		case "transpose":
-			typed = parseNumberField(&t, FieldTranspose, &t.Transpose, val)
+			typed = parseField(&t, FieldTranspose, &t.Transpose, val, parseNumber)
 		case "stepCount":
 			var f float64
-			typed = parseNumberField(&t, FieldStepCount, &f, val)
+			typed = parseField(&t, FieldStepCount, &f, val, parseNumber)
 			t.StepCount = clampStepCount(f)
 		case "muted":
-			typed = parseBoolField(&t, FieldMuted, &t.Muted, val)
+			typed = parseField(&t, FieldMuted, &t.Muted, val, parseBool)
 		case "soloed":
-			typed = parseBoolField(&t, FieldSoloed, &t.Soloed, val)
+			typed = parseField(&t, FieldSoloed, &t.Soloed, val, parseBool)
 		case "steps":
 			t.steps = [2]uint64{}
 			typed = eachElement(val, MaxSteps, func(i int, v json.RawMessage) {
@@ -349,51 +349,30 @@ func parseTrack(raw []byte) (SessionTrack, bool) {
 	return t, true
 }
 
-func parseStringField(t *SessionTrack, f Field, dst *string, val []byte) bool {
+// parseField reads an optional track field: null marks it null, a value of
+// the expected type sets it, anything else leaves it absent and reports false
+// (the caller keeps the raw value among the unknown keys).
+func parseField[T any](t *SessionTrack, f Field, dst *T, val []byte, parse func([]byte) (T, bool)) bool {
 	t.Unset(f)
-	*dst = ""
+	var zero T
+	*dst = zero
 	if jsonKind(val) == 'n' {
 		t.SetNull(f)
 		return true
 	}
-	s, ok := parseString(val)
-	if ok {
-		// Track names and sample ids repeat across sessions ("Kick", "kick"):
-		// keep one copy of each.
-		*dst = unique.Make(s).Value()
-		t.Set(f)
-	}
-	return ok
-}
-
-func parseNumberField(t *SessionTrack, f Field, dst *float64, val []byte) bool {
-	t.Unset(f)
-	*dst = 0
-	if jsonKind(val) == 'n' {
-		t.SetNull(f)
-		return true
-	}
-	n, ok := parseNumber(val)
-	if ok {
-		*dst = n
-		t.Set(f)
-	}
-	return ok
-}
-
-func parseBoolField(t *SessionTrack, f Field, dst *bool, val []byte) bool {
-	t.Unset(f)
-	*dst = false
-	if jsonKind(val) == 'n' {
-		t.SetNull(f)
-		return true
-	}
-	v, ok := parseBool(val)
+	v, ok := parse(val)
 	if ok {
 		*dst = v
 		t.Set(f)
 	}
 	return ok
+}
+
+// parseSharedString is parseString keeping one copy of each value: track
+// names and sample ids repeat across sessions ("Kick", "kick").
+func parseSharedString(val []byte) (string, bool) {
+	s, ok := parseString(val)
+	return unique.Make(s).Value(), ok
 }
 
 // parseLock reads a parameter lock object. strict (the set_parameter_lock rule)
