@@ -139,8 +139,13 @@ func (h *hub) publish(index uint64, events []fsm.Event) {
 		}
 	}
 	h.mu.RUnlock()
+	h.drop(dropped)
+}
+
+// drop removes the subscribers whose queue overflowed (deliver already ended them).
+func (h *hub) drop(dropped []*Subscription) {
 	for _, s := range dropped {
-		h.log.Warn("dropping slow subscriber", "session_id", s.Session, "queued", h.queue, "index", index)
+		h.log.Warn("dropping slow subscriber", "session_id", s.Session, "queued", h.queue)
 		h.remove(s)
 	}
 }
@@ -156,10 +161,7 @@ func (h *hub) publishFrame(session, exclude string, frame []byte) {
 		}
 	}
 	h.mu.RUnlock()
-	for _, s := range dropped {
-		h.log.Warn("dropping slow subscriber", "session_id", s.Session, "queued", h.queue)
-		h.remove(s)
-	}
+	h.drop(dropped)
 }
 
 // endAll closes every subscription with reason (shutdown, or a snapshot restore).
