@@ -109,25 +109,7 @@ func LostWrites(h *History) Result {
 // the seq just seen. Deliveries with Seq 0 carry no seq and are ignored.
 func SeqMonotonic(h *History) Result {
 	r := newResult("seq-monotonic")
-	type cs struct {
-		client  int
-		session string
-	}
-	by := map[cs][]Delivery{}
-	var order []cs
-	for _, d := range h.Deliveries {
-		if d.Seq == 0 {
-			continue
-		}
-		k := cs{d.Client, d.Session}
-		if _, ok := by[k]; !ok {
-			order = append(order, k)
-		}
-		by[k] = append(by[k], d)
-	}
-	for _, k := range order {
-		ds := by[k]
-		sort.SliceStable(ds, func(i, j int) bool { return ds[i].Conn < ds[j].Conn })
+	for _, ds := range byClientSession(h) {
 		r.Counts["clients"]++
 		var seen uint64 // highest seq the client has seen so far
 		prevConn := -1
@@ -380,25 +362,7 @@ func NoSilentSkip(h *History) Result {
 	for _, c := range h.Closes {
 		closes[connKey{c.Client, c.Conn}] = c
 	}
-	type cs struct {
-		client  int
-		session string
-	}
-	by := map[cs][]Delivery{}
-	var order []cs
-	for _, d := range h.Deliveries {
-		if d.Seq == 0 {
-			continue
-		}
-		k := cs{d.Client, d.Session}
-		if _, ok := by[k]; !ok {
-			order = append(order, k)
-		}
-		by[k] = append(by[k], d)
-	}
-	for _, k := range order {
-		ds := by[k]
-		sort.SliceStable(ds, func(i, j int) bool { return ds[i].Conn < ds[j].Conn })
+	for _, ds := range byClientSession(h) {
 		for i, d := range ds {
 			r.Counts["deliveries"]++
 			if i == 0 || d.Type == TypeSnapshot {
@@ -466,4 +430,33 @@ func describeOps(ops []Op) string {
 		fmt.Fprintf(&b, "client %d %s %q %s [%v, %s]", o.Client, o.Kind, o.Value, o.Outcome, o.Invoke.Sub(t0), end)
 	}
 	return b.String()
+}
+
+// byClientSession groups the deliveries that carry a seq by client and
+// session, in first-seen order, each group sorted by connection (stably, so
+// deliveries keep their order within a connection).
+func byClientSession(h *History) [][]Delivery {
+	type cs struct {
+		client  int
+		session string
+	}
+	index := map[cs]int{}
+	var groups [][]Delivery
+	for _, d := range h.Deliveries {
+		if d.Seq == 0 {
+			continue
+		}
+		k := cs{d.Client, d.Session}
+		i, ok := index[k]
+		if !ok {
+			i = len(groups)
+			index[k] = i
+			groups = append(groups, nil)
+		}
+		groups[i] = append(groups[i], d)
+	}
+	for _, ds := range groups {
+		sort.SliceStable(ds, func(i, j int) bool { return ds[i].Conn < ds[j].Conn })
+	}
+	return groups
 }
