@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -128,6 +129,16 @@ func ReadSnapshot(r io.Reader) (*State, error) {
 		return nil, fmt.Errorf("%w: trailing data", ErrCorruptSnapshot)
 	}
 	return s, nil
+}
+
+// AppendSnapshot appends the session's snapshot encoding (the bytes it
+// takes inside WriteSnapshot's body) to b. Nodes that applied the same log
+// append the same bytes (invariant I4), so harnesses compare sessions with it.
+func (s *Session) AppendSnapshot(b []byte) []byte {
+	buf := bytes.NewBuffer(b)
+	e := &encoder{w: buf}
+	e.session(s)
+	return buf.Bytes() // a bytes.Buffer never fails a write
 }
 
 type encoder struct {

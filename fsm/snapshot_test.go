@@ -458,3 +458,31 @@ func TestSnapshotTombstoneRing(t *testing.T) {
 		t.Fatal("original and restored diverged")
 	}
 }
+
+// TestSessionAppendSnapshot: a session's bytes survive a snapshot round trip,
+// are a slice of the whole snapshot, and change when the session does.
+func TestSessionAppendSnapshot(t *testing.T) {
+	s := snapGoldenScenario(t)
+	whole := propSnapshot(t, s)
+	back, err := ReadSnapshot(bytes.NewReader(whole))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range s.SessionIDs() {
+		a, b := s.Session(id).AppendSnapshot(nil), back.Session(id).AppendSnapshot([]byte("x"))
+		if !bytes.Equal(a, b[1:]) || b[0] != 'x' {
+			t.Fatalf("session %s: %d bytes before the round trip, %d after (or the prefix was lost)", id, len(a), len(b)-1)
+		}
+		if !bytes.Contains(whole, a) {
+			t.Fatalf("session %s: its bytes are not in the whole snapshot", id)
+		}
+	}
+	before := s.Session(snapGoldenMain).AppendSnapshot(nil)
+	renamed := "Renamed Jam"
+	if res, _ := s.Apply(s.Index()+1, Command{Kind: KindRename, Session: snapGoldenMain, Op: snapGoldenOp(99), Name: &renamed}); res.Status != StatusOK {
+		t.Fatalf("rename: %+v", res)
+	}
+	if bytes.Equal(before, s.Session(snapGoldenMain).AppendSnapshot(nil)) {
+		t.Fatal("a rename left the session's bytes unchanged")
+	}
+}

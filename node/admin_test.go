@@ -1,6 +1,7 @@
 package node_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"chorus/fsm"
 	"chorus/node"
 	"chorus/testcluster"
 	"chorus/transport"
@@ -148,6 +150,26 @@ func TestAdminHTTP(t *testing.T) {
 		t.Fatalf("unauthorised requests changed the membership: %d members", got)
 	}
 	a.want("POST", "/cluster/members", adminToken, `{"id":"n4"}`, http.StatusBadRequest)
+
+	// The node's state in the snapshot format, behind the token; the two
+	// followers' bytes agree once both have applied the same index (I4).
+	a.want("GET", "/cluster/state", "", "", http.StatusUnauthorized)
+	a.want("GET", "/cluster/state", "wrong-token", "", http.StatusForbidden)
+	other := newAdminServer(t, c.Members[followers[1]].Node())
+	testcluster.Eventually(t, waitMid, func() error {
+		x, y := a.want("GET", "/cluster/state", adminToken, "", http.StatusOK), other.want("GET", "/cluster/state", adminToken, "", http.StatusOK)
+		sx, err := fsm.ReadSnapshot(bytes.NewReader(x))
+		if err != nil {
+			t.Fatalf("GET /cluster/state: %v", err)
+		}
+		if sx.Index() < st.AppliedIndex {
+			t.Fatalf("GET /cluster/state is at index %d, before the applied index %d the status reported", sx.Index(), st.AppliedIndex)
+		}
+		if !bytes.Equal(x, y) {
+			return fmt.Errorf("the followers' states differ (%d and %d bytes)", len(x), len(y))
+		}
+		return nil
+	})
 	// The follower forwards to the leader; n4 joins as a non-voter (its
 	// address is dead, which costs the quorum nothing).
 	st = checkStatusShape(t, a.want("POST", "/cluster/members", adminToken, add, http.StatusOK))
