@@ -1,10 +1,12 @@
 package testcluster
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -75,6 +77,9 @@ type Procs struct {
 	opts  ProcOptions
 	Nodes []*Proc
 	http  *http.Client
+	// admin has a longer timeout than http: a node answers an admin call
+	// within its own 15s admin timeout.
+	admin *http.Client
 }
 
 // StartProcs starts every node and waits until they agree on a leader.
@@ -94,7 +99,7 @@ func StartProcs(ctx context.Context, opts ProcOptions) (*Procs, error) {
 	if opts.AdminToken == "" {
 		opts.AdminToken = "chorus-test-admin"
 	}
-	p := &Procs{opts: opts, http: &http.Client{Timeout: 2 * time.Second}}
+	p := &Procs{opts: opts, http: &http.Client{Timeout: 2 * time.Second}, admin: &http.Client{Timeout: 20 * time.Second}}
 	var held []net.Listener // chosen ports stay taken until all are chosen, so no two are equal
 	for i := 0; i < opts.Nodes; i++ {
 		ip := "127.0.0." + strconv.Itoa(opts.FirstIP+i)
@@ -183,28 +188,51 @@ func (p *Procs) exited(i int) error {
 }
 
 // Args returns the command line node i runs with.
-func (p *Procs) Args(i int) []string {
+func (p *Procs) Args(i int) []string { return p.args(i, true) }
+
+// args returns node i's command line, with the --peers list that bootstraps
+// an empty data dir or without it (the node then waits to be added).
+func (p *Procs) args(i int, bootstrap bool) []string {
 	n := p.Nodes[i]
-	var peers []string
-	for _, o := range p.Nodes {
-		peers = append(peers, o.ID+"="+o.PeerAddr)
-	}
 	args := []string{"serve",
 		"--id", n.ID, "--data-dir", n.DataDir,
 		"--http-addr", n.HTTPAddr, "--peer-addr", n.PeerAddr,
-		"--peers", strings.Join(peers, ","),
 		"--cluster-secret", p.opts.Secret, "--admin-token", p.opts.AdminToken,
+	}
+	if bootstrap {
+		var peers []string
+		for _, o := range p.Nodes {
+			peers = append(peers, o.ID+"="+o.PeerAddr)
+		}
+		args = append(args, "--peers", strings.Join(peers, ","))
 	}
 	return append(args, p.opts.ExtraArgs...)
 }
 
-// Start starts node i (first start or restart on the same data dir).
-func (p *Procs) Start(i int) error {
+// Start starts node i (first start or restart on the same data dir). A node
+// whose process has exited by itself counts as not running.
+func (p *Procs) Start(i int) error { return p.start(i, false) }
+
+// StartFresh wipes node i's data dir and starts it without --peers, so that
+// it waits to be added by the cluster (AddMember): a replaced machine. The
+// node must not be running.
+func (p *Procs) StartFresh(i int) error { return p.start(i, true) }
+
+func (p *Procs) start(i int, fresh bool) error {
 	n := p.Nodes[i]
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.cmd != nil {
-		return fmt.Errorf("start %s: already running", n.ID)
+		select {
+		case <-n.done: // exited by itself: its waiter has finished, start anew
+		default:
+			return fmt.Errorf("start %s: already running", n.ID)
+		}
+	}
+	if fresh {
+		if err := os.RemoveAll(n.DataDir); err != nil {
+			return fmt.Errorf("start %s: wipe data dir: %w", n.ID, err)
+		}
 	}
 	if err := os.MkdirAll(filepath.Dir(n.LogPath), 0o750); err != nil {
 		return fmt.Errorf("start %s: %w", n.ID, err)
@@ -213,7 +241,7 @@ func (p *Procs) Start(i int) error {
 	if err != nil {
 		return fmt.Errorf("start %s: %w", n.ID, err)
 	}
-	cmd := exec.Command(p.opts.Binary, p.Args(i)...)
+	cmd := exec.Command(p.opts.Binary, p.args(i, !fresh)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), "CHORUS_CLUSTER_SECRET=", "CHORUS_ADMIN_TOKEN=")
 	if err := cmd.Start(); err != nil {
@@ -292,12 +320,21 @@ func (p *Procs) Resume(i int) error {
 	return nil
 }
 
-// Running reports whether node i has a live process (paused counts).
+// Running reports whether node i has a live process (paused counts); a
+// process that has exited by itself does not.
 func (p *Procs) Running(i int) bool {
 	n := p.Nodes[i]
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return n.cmd != nil
+	if n.cmd == nil {
+		return false
+	}
+	select {
+	case <-n.done:
+		return false
+	default:
+		return true
+	}
 }
 
 // Close kills every node.
@@ -371,4 +408,58 @@ func (p *Procs) WaitLeader(ctx context.Context, within time.Duration) (int, erro
 		return nil
 	})
 	return leader, err
+}
+
+// AdminToken returns the bearer token of the admin routes.
+func (p *Procs) AdminToken() string { return p.opts.AdminToken }
+
+// Admin calls an admin route (DESIGN.md §7) on node i with the admin token
+// and a JSON body (nil: none). Any node forwards it to the leader. A non-2xx
+// answer is an error with the status and the body's text.
+func (p *Procs) Admin(ctx context.Context, i int, method, path string, body any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return fmt.Errorf("%s %s: %w", method, path, err)
+		}
+		rd = bytes.NewReader(b)
+	}
+	n := p.Nodes[i]
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+n.HTTPAddr+path, rd)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	req.Header.Set("Authorization", "Bearer "+p.opts.AdminToken)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := p.admin.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s via %s: %w", method, path, n.ID, err)
+	}
+	defer resp.Body.Close()
+	text, _ := io.ReadAll(io.LimitReader(resp.Body, 4096)) // best effort: the text only adds detail to an error
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("%s %s via %s: HTTP %d: %s", method, path, n.ID, resp.StatusCode, bytes.TrimSpace(text))
+	}
+	return nil
+}
+
+// AddMember adds node i back to the cluster as a voter, through node via.
+func (p *Procs) AddMember(ctx context.Context, via, i int) error {
+	n := p.Nodes[i]
+	return p.Admin(ctx, via, http.MethodPost, "/cluster/members",
+		map[string]any{"id": n.ID, "peerAddr": n.PeerAddr, "httpAddr": n.HTTPAddr, "voter": true})
+}
+
+// RemoveMember removes node i from the cluster, through node via.
+func (p *Procs) RemoveMember(ctx context.Context, via, i int) error {
+	return p.Admin(ctx, via, http.MethodDelete, "/cluster/members/"+p.Nodes[i].ID, nil)
+}
+
+// TransferLeadership asks the leader, through node via, to hand leadership
+// to the node with id target, or to any up-to-date voter when target is "".
+func (p *Procs) TransferLeadership(ctx context.Context, via int, target string) error {
+	return p.Admin(ctx, via, http.MethodPost, "/cluster/leadership-transfer", map[string]string{"id": target})
 }

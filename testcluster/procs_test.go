@@ -78,3 +78,82 @@ func TestProcsKillAndRestart(t *testing.T) {
 		return nil
 	})
 }
+
+// TestProcsRemoveStartFreshAddBack removes a follower through the other
+// follower, wipes it, starts it without --peers and adds it back.
+func TestProcsRemoveStartFreshAddBack(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-process test")
+	}
+	bin, err := BuildBinary(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	p, err := StartProcs(ctx, ProcOptions{Binary: bin, Dir: t.TempDir(), FirstIP: 44})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	leader, err := p.WaitLeader(ctx, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	victim, via := (leader+1)%3, (leader+2)%3
+	members := func(want int, nodes ...int) func() error {
+		return func() error {
+			for _, i := range nodes {
+				st, err := p.Status(ctx, i)
+				if err != nil {
+					return err
+				}
+				if len(st.Members) != want {
+					return fmt.Errorf("%s lists %d members, want %d", st.ID, len(st.Members), want)
+				}
+			}
+			return nil
+		}
+	}
+	start := time.Now()
+	if err := p.RemoveMember(ctx, via, victim); err != nil {
+		t.Fatal(err)
+	}
+	Eventually(t, 10*time.Second, members(2, leader, via))
+	if err := p.StartFresh(victim); err == nil {
+		t.Fatal("StartFresh of a running node succeeded")
+	}
+	if err := p.Kill(victim); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.StartFresh(victim); err != nil {
+		t.Fatal(err)
+	}
+	// Started without --peers on an empty dir, it waits to be added.
+	Eventually(t, 10*time.Second, members(0, victim))
+	if err := p.AddMember(ctx, via, victim); err != nil {
+		t.Fatal(err)
+	}
+	Eventually(t, 15*time.Second, members(3, 0, 1, 2))
+	if _, err := p.WaitLeader(ctx, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	Eventually(t, 10*time.Second, func() error {
+		want, err := p.Status(ctx, leader)
+		if err != nil {
+			return err
+		}
+		st, err := p.Status(ctx, victim)
+		if err != nil {
+			return err
+		}
+		if st.AppliedIndex < want.CommitIndex {
+			return fmt.Errorf("%s applied %d, leader committed %d", st.ID, st.AppliedIndex, want.CommitIndex)
+		}
+		return nil
+	})
+	t.Logf("%s removed, wiped and added back in %v", p.Nodes[victim].ID, time.Since(start))
+	if err := p.Admin(ctx, via, http.MethodPost, "/cluster/members", map[string]any{"id": ""}); err == nil {
+		t.Fatal("admin call with an empty id succeeded")
+	}
+}

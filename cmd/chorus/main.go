@@ -31,8 +31,8 @@ Commands:
   version   print the version
   help      print this help
 
-Run 'chorus <command> -h' for a command's flags. chaos and bench are not
-implemented yet.
+Run 'chorus <command> -h' for a command's flags. bench is not implemented
+yet.
 `
 
 // exitError is an error that tells main which status to exit with.
@@ -75,7 +75,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return serve(args[1:], stdout, stderr, os.Getenv)
 	case "dev":
 		return dev(args[1:], stdout, stderr, os.Getenv)
-	case "chaos", "bench":
+	case "chaos":
+		return chaosCmd(args[1:], stdout, stderr, os.Getenv)
+	case "bench":
 		return &exitError{code: usageExitCode, err: fmt.Errorf("%s: not implemented yet", name)}
 	default:
 		return &exitError{

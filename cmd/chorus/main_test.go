@@ -31,7 +31,12 @@ func TestRun(t *testing.T) {
 		{name: "serve bad peers", args: []string{"serve", "--id", "n1", "--data-dir", "d", "--cluster-secret", "s", "--peers", "n1"}, wantCode: usageExitCode, wantErrIn: "not id=host:port"},
 		{name: "serve bad flag", args: []string{"serve", "--bogus"}, wantCode: usageExitCode, wantErrIn: "bogus"},
 		{name: "dev bad flag", args: []string{"dev", "--bogus"}, wantCode: usageExitCode, wantErrIn: "bogus"},
-		{name: "chaos", args: []string{"chaos"}, wantCode: usageExitCode, wantErrIn: "chaos: not implemented yet"},
+		{name: "chaos help", args: []string{"chaos", "-h"}, wantStderr: []string{"chorus chaos [flags]", "-nemesis", "-seed", "iptables"}},
+		{name: "chaos bad nemesis", args: []string{"chaos", "--nemesis", "kill,flood"}, wantCode: usageExitCode, wantErrIn: `unknown nemesis "flood"`},
+		{name: "chaos argument", args: []string{"chaos", "now"}, wantCode: usageExitCode, wantErrIn: `unexpected argument "now"`},
+		{name: "chaos too many nodes", args: []string{"chaos", "--nodes", "12", "--dir", "/nonexistent/chaos"}, wantCode: usageExitCode, wantErrIn: "12 nodes"},
+		{name: "chaos crowded session", args: []string{"chaos", "--clients", "20", "--sessions", "1", "--dir", "/nonexistent/chaos"}, wantCode: usageExitCode, wantErrIn: "more than 8 on one session"},
+		{name: "chaos nemeses on one node", args: []string{"chaos", "--nodes", "1", "--dir", "/nonexistent/chaos"}, wantCode: usageExitCode, wantErrIn: "at least 3 nodes"},
 		{name: "bench", args: []string{"bench"}, wantCode: usageExitCode, wantErrIn: "bench: not implemented yet"},
 	}
 	for _, tt := range tests {

@@ -32,6 +32,7 @@ const (
 	KindDeleteTrack      = "delete_track"
 	KindSetParameterLock = "set_parameter_lock"
 	KindHTTPPut          = "http_put"
+	KindRename           = "rename"
 	KindRead             = "read"
 )
 

@@ -1,0 +1,456 @@
+package chaos
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	mrand "math/rand/v2"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"chorus/fsm"
+	"chorus/testcluster"
+	"chorus/testcluster/check"
+)
+
+// Options configure one chaos run.
+type Options struct {
+	Binary string // the chorus binary the nodes run; required
+	// Dir receives the nodes' data and logs, history.json, report.html and
+	// summary.txt; required.
+	Dir      string
+	Seed     int64         // seeds the workload's and the nemesis's choices
+	Duration time.Duration // how long the workload runs; default 30s
+	Nodes    int           // default 3
+	Clients  int           // WebSocket clients; default 12
+	Sessions int           // default: one per 4 clients
+	Nemeses  []string      // kinds from AllNemeses; empty means none
+	// FirstIP is the last octet of node 1's loopback address; default 11.
+	FirstIP int
+	// Think bounds the random pause between one client's ops; default 20ms.
+	Think time.Duration
+	// Quiet and Hold are the nemesis's min/max healthy time between faults
+	// and min/max fault length; zero means its defaults.
+	Quiet, Hold [2]time.Duration
+	// Out receives progress lines; nil discards them.
+	Out io.Writer
+	// Live rewrites one progress line in place (for a terminal) instead of
+	// printing a line every 5 seconds.
+	Live bool
+}
+
+// ErrBadOptions wraps every complaint about Options: the run did not start.
+var ErrBadOptions = errors.New("bad chaos options")
+
+func (o *Options) setDefaults() error {
+	if err := o.check(); err != nil {
+		return fmt.Errorf("chaos: %w: %w", ErrBadOptions, err)
+	}
+	return nil
+}
+
+func (o *Options) check() error {
+	if o.Binary == "" || o.Dir == "" {
+		return errors.New("the Binary and Dir options are required")
+	}
+	if o.Duration == 0 {
+		o.Duration = 30 * time.Second
+	}
+	if o.Nodes == 0 {
+		o.Nodes = 3
+	}
+	if o.Clients == 0 {
+		o.Clients = 12
+	}
+	if o.Sessions == 0 {
+		o.Sessions = (o.Clients + 3) / 4
+	}
+	if o.FirstIP == 0 {
+		o.FirstIP = 11
+	}
+	if o.Think == 0 {
+		o.Think = 20 * time.Millisecond
+	}
+	if o.Out == nil {
+		o.Out = io.Discard
+	}
+	switch {
+	case o.Duration < 0:
+		return fmt.Errorf("duration %v is negative", o.Duration)
+	case o.Nodes < 1 || o.Nodes > 9:
+		return fmt.Errorf("%d nodes; want 1 to 9", o.Nodes)
+	case len(o.Nemeses) > 0 && o.Nodes < 3:
+		return fmt.Errorf("the nemeses need at least 3 nodes to keep a quorum through a fault; %d given (or --nemesis none)", o.Nodes)
+	case o.Clients < 1:
+		return fmt.Errorf("%d clients; want at least 1", o.Clients)
+	case o.Sessions < 1 || o.Sessions > o.Clients:
+		return fmt.Errorf("%d sessions for %d clients; want 1 to %d", o.Sessions, o.Clients, o.Clients)
+	case (o.Clients+o.Sessions-1)/o.Sessions > 8:
+		return fmt.Errorf("%d clients on %d sessions puts more than 8 on one session; a session holds 10 players and a dead node's players linger until they are reaped", o.Clients, o.Sessions)
+	case o.FirstIP < 2 || o.FirstIP+o.Nodes > 255:
+		return fmt.Errorf("first IP 127.0.0.%d does not leave room for %d nodes", o.FirstIP, o.Nodes)
+	}
+	for _, k := range o.Nemeses {
+		if !slices.Contains(AllNemeses, k) {
+			return fmt.Errorf("unknown nemesis %q; want some of %s", k, strings.Join(AllNemeses, ","))
+		}
+	}
+	return nil
+}
+
+// ErrInterrupted is returned when the run's context ends before the
+// workload is over (Ctrl-C): the faults are healed and the cluster stopped,
+// but nothing is checked.
+var ErrInterrupted = errors.New("chaos run interrupted")
+
+// Run starts a cluster of real chorus serve processes, runs the workload
+// against it with the nemesis injecting faults, heals everything, collects
+// every node's final state and checks the history. It writes history.json,
+// report.html and summary.txt into opts.Dir. The Report's Valid says whether
+// every checker passed; an error means the run itself could not be done.
+func Run(ctx context.Context, opts Options) (*Report, error) {
+	if err := opts.setDefaults(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(opts.Dir, 0o750); err != nil {
+		return nil, fmt.Errorf("chaos: %w", err)
+	}
+	rep := &Report{Seed: opts.Seed, Started: time.Now(), Duration: opts.Duration, Nodes: opts.Nodes,
+		Clients: opts.Clients, Sessions: opts.Sessions, Nemeses: slices.Clone(opts.Nemeses), Logs: map[string]string{}}
+	kinds := slices.Clone(opts.Nemeses)
+	var fw *firewall
+	if slices.Contains(kinds, NemPartition) {
+		if n, err := SweepFirewall(FirewallPrefix); err != nil {
+			rep.Notes = append(rep.Notes, "could not sweep iptables rules left by an earlier run: "+err.Error())
+		} else if n > 0 {
+			rep.Notes = append(rep.Notes, fmt.Sprintf("removed %d iptables rules left by an earlier run", n))
+		}
+		var err error
+		fw, err = newFirewall(FirewallPrefix + "-" + strconv.Itoa(os.Getpid()) + "-" + strconv.FormatInt(opts.Seed, 10))
+		if err != nil {
+			kinds = slices.DeleteFunc(kinds, func(k string) bool { return k == NemPartition })
+			rep.Notes = append(rep.Notes, "the partition nemesis is skipped: "+err.Error())
+			fmt.Fprintf(opts.Out, "chaos: the partition nemesis is skipped: %v\n", err)
+		} else {
+			defer func() {
+				if err := fw.Heal(); err != nil {
+					fmt.Fprintf(opts.Out, "chaos: removing iptables rules: %v\n", err)
+				}
+			}()
+		}
+	}
+
+	token := randomToken()
+	fmt.Fprintf(opts.Out, "chaos: seed %d, %d nodes on 127.0.0.%d+, %d clients on %d sessions, %v, nemeses %s; output in %s\n",
+		opts.Seed, opts.Nodes, opts.FirstIP, opts.Clients, opts.Sessions, opts.Duration, strings.Join(orNone(kinds), ","), opts.Dir)
+	procs, err := testcluster.StartProcs(ctx, testcluster.ProcOptions{
+		Binary: opts.Binary, Dir: filepath.Join(opts.Dir, "nodes"), Nodes: opts.Nodes, FirstIP: opts.FirstIP,
+		Secret: randomToken(), AdminToken: token,
+		ExtraArgs: []string{"--ws-rate", "0", "--create-rate", "0", "--presence-timeout", "5s"},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("chaos: start the cluster: %w", err)
+	}
+	defer procs.Close()
+	var addrs []string
+	for _, n := range procs.Nodes {
+		addrs = append(addrs, n.HTTPAddr)
+		rep.Logs[n.ID] = n.LogPath
+	}
+	tr := &http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: 30 * time.Second}
+	defer tr.CloseIdleConnections()
+	hc := &http.Client{Transport: tr}
+
+	rec := &recorder{}
+	sessions, err := createSessions(ctx, hc, addrs, opts, rec)
+	if err != nil {
+		return nil, err
+	}
+
+	rng := mrand.New(mrand.NewPCG(uint64(opts.Seed), 0xc4a05))
+	nem := newNemesis(nemesisConfig{Procs: procs, Kinds: kinds, Rand: mrand.New(mrand.NewPCG(rng.Uint64(), rng.Uint64())),
+		Firewall: fw, Quiet: opts.Quiet, Hold: opts.Hold, Logf: func(format string, args ...any) {
+			if !opts.Live {
+				fmt.Fprintf(opts.Out, "nemesis: "+format+"\n", args...)
+			}
+		}})
+	wctx, stop := context.WithTimeout(ctx, opts.Duration)
+	defer stop()
+	var wg sync.WaitGroup
+	var panics []error
+	var panicMu sync.Mutex
+	guard := func(name string, f func()) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() {
+				if p := recover(); p != nil {
+					panicMu.Lock()
+					panics = append(panics, fmt.Errorf("%s panicked: %v", name, p))
+					panicMu.Unlock()
+					stop()
+				}
+			}()
+			f()
+		}()
+	}
+	start := time.Now()
+	guard("nemesis", func() { nem.Run(wctx) })
+	for i := range opts.Clients {
+		c := &client{id: i, sess: sessions[i%len(sessions)], nodes: addrs, rec: rec, http: hc, think: opts.Think,
+			node: i % len(addrs), rng: mrand.New(mrand.NewPCG(rng.Uint64(), rng.Uint64()))}
+		guard("client "+strconv.Itoa(i), func() { c.run(wctx) })
+	}
+	progressDone := make(chan struct{})
+	go func() {
+		defer close(progressDone)
+		progress(wctx, opts, rec, nem, start)
+	}()
+	wg.Wait()
+	<-progressDone
+
+	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	defer cancel()
+	healErr := nem.HealAll(hctx)
+	rep.Faults = nem.Faults()
+	if len(panics) > 0 {
+		return rep, errors.Join(panics...)
+	}
+	if ctx.Err() != nil {
+		return rep, ErrInterrupted
+	}
+	if healErr != nil {
+		rep.Notes = append(rep.Notes, "healing the cluster at the end failed: "+healErr.Error())
+	}
+	fmt.Fprintf(opts.Out, "chaos: workload done after %v; waiting for every node to catch up\n", time.Since(start).Round(time.Millisecond))
+	final, note := collectFinals(hctx, hc, procs, token, sessions)
+	if note != "" {
+		rep.Notes = append(rep.Notes, note)
+	}
+	rec.mu.Lock()
+	h := rec.h
+	rec.mu.Unlock()
+	h.Final = final
+	rep.History = &h
+	fmt.Fprintf(opts.Out, "chaos: checking %d ops, %d deliveries\n", len(h.Ops), len(h.Deliveries))
+	rep.Results = check.CheckAll(&h)
+	rep.Valid = check.Valid(rep.Results)
+	rep.Elapsed = time.Since(rep.Started)
+	return rep, writeOutputs(opts.Dir, rep)
+}
+
+func orNone(kinds []string) []string {
+	if len(kinds) == 0 {
+		return []string{"none"}
+	}
+	return kinds
+}
+
+func randomToken() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b) // crypto/rand.Read never fails
+	return hex.EncodeToString(b)
+}
+
+// createSessions creates the run's sessions through node 1 and records their
+// initial registers.
+func createSessions(ctx context.Context, hc *http.Client, addrs []string, opts Options, rec *recorder) ([]*session, error) {
+	sessions := make([]*session, opts.Sessions)
+	for i := range sessions {
+		sessions[i] = &session{}
+	}
+	for c := range opts.Clients {
+		s := sessions[c%len(sessions)]
+		s.clients = append(s.clients, c)
+	}
+	rec.h.Initial = map[string]map[string]string{}
+	body := []byte(`{"name":"chaos","state":` + initialState() + `}`)
+	for _, s := range sessions {
+		err := testcluster.Poll(30*time.Second, func() error {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			rctx, cancel := context.WithTimeout(ctx, httpTimeout)
+			defer cancel()
+			if s.id == "" {
+				b, status, err := httpDo(rctx, hc, http.MethodPost, "http://"+addrs[0]+"/api/sessions", "", body)
+				if err != nil || status != http.StatusCreated && status != http.StatusOK {
+					return fmt.Errorf("create a session: HTTP %d %s %v", status, b, err)
+				}
+				var created struct{ ID string }
+				if err := json.Unmarshal(b, &created); err != nil || created.ID == "" {
+					return fmt.Errorf("create a session: answer %s: %v", b, err)
+				}
+				s.id = created.ID
+			}
+			b, status, err := httpDo(rctx, hc, http.MethodGet, "http://"+addrs[0]+"/api/sessions/"+s.id, "", nil)
+			if err != nil || status != http.StatusOK {
+				return fmt.Errorf("read session %s: HTTP %d %s %v", s.id, status, b, err)
+			}
+			regs, err := registers(b, s.clients)
+			if err != nil {
+				return err
+			}
+			rec.h.Initial[s.id] = regs
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("chaos: %w", err)
+		}
+	}
+	return sessions, nil
+}
+
+func httpDo(ctx context.Context, hc *http.Client, method, url, token string, body []byte) ([]byte, int, error) {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, url, rd)
+	if err != nil {
+		return nil, 0, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return b, resp.StatusCode, err
+}
+
+// wholeState is the NodeState session name under which every node's entire
+// FSM state is compared, besides each session on its own.
+const wholeState = "*"
+
+// collectFinals fetches every node's FSM state until all of them are at the
+// same applied index, and turns it into NodeStates: one per session (its
+// snapshot bytes, state hash and registers) and one for the whole state. If
+// the nodes do not agree within the deadline it returns what it last saw,
+// which the convergence checker then reports, and a note saying so.
+func collectFinals(ctx context.Context, hc *http.Client, procs *testcluster.Procs, token string, sessions []*session) ([]check.NodeState, string) {
+	type nodeState struct {
+		raw   []byte
+		state *fsm.State
+	}
+	states := make([]nodeState, len(procs.Nodes))
+	fetch := func() error {
+		for i, n := range procs.Nodes {
+			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			b, status, err := httpDo(rctx, hc, http.MethodGet, "http://"+n.HTTPAddr+"/cluster/state", token, nil)
+			cancel()
+			if err != nil || status != http.StatusOK {
+				return fmt.Errorf("%s: GET /cluster/state: HTTP %d %v", n.ID, status, err)
+			}
+			st, err := fsm.ReadSnapshot(bytes.NewReader(b))
+			if err != nil {
+				return fmt.Errorf("%s: GET /cluster/state: %w", n.ID, err)
+			}
+			states[i] = nodeState{b, st}
+		}
+		for i := range states {
+			if states[i].state.Index() != states[0].state.Index() {
+				return fmt.Errorf("%s is at index %d, %s at %d", procs.Nodes[i].ID, states[i].state.Index(), procs.Nodes[0].ID, states[0].state.Index())
+			}
+		}
+		return nil
+	}
+	var note string
+	if err := testcluster.Poll(time.Minute, fetch); err != nil {
+		note = "the nodes did not reach the same applied index within a minute: " + err.Error()
+	}
+	var out []check.NodeState
+	for i, ns := range states {
+		if ns.state == nil {
+			continue
+		}
+		id := procs.Nodes[i].ID
+		sum := sha256.Sum256(ns.raw)
+		out = append(out, check.NodeState{Node: id, Session: wholeState, Hash: hex.EncodeToString(sum[:]), Snapshot: ns.raw, Index: ns.state.Index()})
+		for _, s := range sessions {
+			sess := ns.state.Session(s.id)
+			if sess == nil {
+				continue // the convergence checker reports the missing state
+			}
+			regs, err := registers(sess.AppendJSON(nil), s.clients)
+			if err != nil {
+				note = strings.TrimSpace(note + " " + id + ": " + err.Error())
+			}
+			out = append(out, check.NodeState{Node: id, Session: s.id, Hash: sess.State.Hash(), Snapshot: sess.AppendSnapshot(nil),
+				Index: ns.state.Index(), Registers: regs})
+		}
+	}
+	return out, note
+}
+
+// writeOutputs writes history.json, report.html and summary.txt.
+func writeOutputs(dir string, rep *Report) error {
+	hist, err := rep.History.Marshal()
+	if err != nil {
+		return fmt.Errorf("chaos: %w", err)
+	}
+	var html bytes.Buffer
+	if err := rep.WriteHTML(&html); err != nil {
+		return fmt.Errorf("chaos: report: %w", err)
+	}
+	for name, data := range map[string][]byte{"history.json": hist, "report.html": html.Bytes(), "summary.txt": []byte(rep.Summary())} {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o640); err != nil {
+			return fmt.Errorf("chaos: %w", err)
+		}
+	}
+	return nil
+}
+
+// progress prints the live progress line until ctx is done.
+func progress(ctx context.Context, opts Options, rec *recorder, nem *nemesis, start time.Time) {
+	every := 5 * time.Second
+	if opts.Live {
+		every = time.Second
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	var lastOps int64
+	lastAt := start
+	for {
+		select {
+		case <-ctx.Done():
+			if opts.Live {
+				fmt.Fprintln(opts.Out)
+			}
+			return
+		case now := <-t.C:
+			ops := rec.ok.Load() + rec.fail.Load() + rec.unk.Load()
+			rate := float64(ops-lastOps) / now.Sub(lastAt).Seconds()
+			lastOps, lastAt = ops, now
+			faults := strings.Join(nem.Active(), "; ")
+			if faults == "" {
+				faults = "none"
+			}
+			line := fmt.Sprintf("[%5.1fs/%v] %6.0f ops/s  ok %d  failed %d  unknown %d  conn errors %d  faults: %s",
+				now.Sub(start).Seconds(), opts.Duration, rate, rec.ok.Load(), rec.fail.Load(), rec.unk.Load(), rec.errs.Load(), faults)
+			if opts.Live {
+				fmt.Fprintf(opts.Out, "\r\033[K%s", line)
+			} else {
+				fmt.Fprintln(opts.Out, line)
+			}
+		}
+	}
+}

@@ -1,0 +1,449 @@
+package chaos
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"chorus/testcluster/check"
+)
+
+// Workload timing. An op without an answer within ackTimeout is Unknown: it
+// may still commit, as a forwarded write keeps retrying until its deadline.
+const (
+	ackTimeout   = 5 * time.Second
+	httpTimeout  = 3 * time.Second
+	joinTimeout  = 5 * time.Second
+	maxFrameSize = 1 << 20
+)
+
+// Close codes the workload uses. closeAbandon says "I gave up on this socket"
+// (an op timed out), so the server owes it nothing; closeSwitch is an
+// orderly reconnect, after which ?since= must replay every missed broadcast.
+const (
+	closeSwitch  = websocket.StatusNormalClosure
+	closeAbandon = websocket.StatusCode(4000)
+)
+
+// recorder collects the history. Every method is safe for concurrent use.
+type recorder struct {
+	mu   sync.Mutex
+	h    check.History
+	ok   atomic.Int64
+	fail atomic.Int64
+	unk  atomic.Int64
+	errs atomic.Int64 // connection attempts that failed
+	last atomic.Value // string: the last connection error
+}
+
+func (r *recorder) op(o check.Op) {
+	switch o.Outcome {
+	case check.OK:
+		r.ok.Add(1)
+	case check.Failed:
+		r.fail.Add(1)
+	default:
+		r.unk.Add(1)
+	}
+	r.mu.Lock()
+	r.h.Ops = append(r.h.Ops, o)
+	r.mu.Unlock()
+}
+
+func (r *recorder) delivery(d check.Delivery) {
+	r.mu.Lock()
+	r.h.Deliveries = append(r.h.Deliveries, d)
+	r.mu.Unlock()
+}
+
+func (r *recorder) closed(c check.Close) {
+	r.mu.Lock()
+	r.h.Closes = append(r.h.Closes, c)
+	r.mu.Unlock()
+}
+
+func (r *recorder) connErr(err error) {
+	r.errs.Add(1)
+	r.last.Store(err.Error())
+}
+
+// frame is the part of a server message the workload reads.
+type frame struct {
+	Type      string          `json:"type"`
+	Seq       uint64          `json:"seq"`
+	PrevSeq   uint64          `json:"prevSeq"`
+	ClientSeq uint64          `json:"clientSeq"`
+	PlayerID  string          `json:"playerId"`
+	Value     json.RawMessage `json:"value"` // step_toggled's new value; other types use it differently
+}
+
+// session is one session of the run and the clients that use it.
+type session struct {
+	id      string
+	clients []int
+}
+
+// client is one simulated player: one socket at a time, one op at a time.
+type client struct {
+	id    int
+	sess  *session
+	nodes []string // HTTP addresses
+	rng   *rand.Rand
+	rec   *recorder
+	http  *http.Client
+	think time.Duration
+
+	conn     *conn
+	conns    int    // connections opened so far
+	node     int    // node of the current or last connection
+	lastSeq  uint64 // highest seq seen on any connection
+	seqMu    sync.Mutex
+	opSeq    uint64 // the client's message counter (clientSeq); never reset
+	renames  int
+	hasTrack bool // whether the client's own track exists, if known
+	known    bool // whether hasTrack is known
+}
+
+// conn is one WebSocket connection of a client.
+type conn struct {
+	ws     *websocket.Conn
+	n      int
+	node   string
+	player string
+	acks   chan frame    // this player's acknowledgements and snapshots, in order
+	done   chan struct{} // closed when the reader has stopped
+	code   atomic.Int64  // close code the client chose, 0 if none
+	cancel context.CancelFunc
+}
+
+func (c *client) seenSeq(s uint64) {
+	c.seqMu.Lock()
+	c.lastSeq = max(c.lastSeq, s)
+	c.seqMu.Unlock()
+}
+
+func (c *client) since() uint64 {
+	c.seqMu.Lock()
+	defer c.seqMu.Unlock()
+	return c.lastSeq
+}
+
+// run performs ops until ctx is done, then closes its socket. An op in
+// flight when ctx ends still runs to its answer or its timeout, so the end
+// of the run does not turn it into an unknown.
+func (c *client) run(ctx context.Context) {
+	defer c.disconnect(closeSwitch)
+	opCtx := context.WithoutCancel(ctx)
+	for ctx.Err() == nil {
+		if c.conn == nil {
+			if err := c.connect(ctx); err != nil {
+				if ctx.Err() == nil {
+					c.rec.connErr(fmt.Errorf("client %d: %w", c.id, err))
+				}
+				holdFor(ctx, time.Duration(50+c.rng.IntN(250))*time.Millisecond)
+				continue
+			}
+		}
+		c.step(opCtx)
+		if c.think > 0 {
+			holdFor(ctx, time.Duration(c.rng.Int64N(int64(c.think))))
+		}
+	}
+}
+
+// step performs one randomly chosen action.
+func (c *client) step(ctx context.Context) {
+	track := stableTrackID(c.rng.IntN(stableTracks))
+	switch p := c.rng.IntN(100); {
+	case p < 40:
+		step := c.rng.IntN(stepRegs)
+		c.mutate(ctx, check.KindToggleStep, stepKey(track, step), "",
+			`{"type":"toggle_step","trackId":"`+track+`","step":`+strconv.Itoa(step))
+	case p < 50:
+		v := fmtNum(60 + float64(c.rng.IntN(12001))/100)
+		c.mutate(ctx, check.KindSetTempo, tempoKey, v, `{"type":"set_tempo","tempo":`+v)
+	case p < 60:
+		v := fmtNum(float64(c.rng.IntN(1001)) / 1000)
+		c.mutate(ctx, check.KindSetTrackVolume, volumeKey(track), v,
+			`{"type":"set_track_volume","trackId":"`+track+`","volume":`+v)
+	case p < 68:
+		step := c.rng.IntN(lockRegs)
+		lock := "null"
+		if c.rng.IntN(5) > 0 {
+			lock = `{"pitch":` + strconv.Itoa(c.rng.IntN(25)-12) + `,"volume":` + fmtNum(float64(c.rng.IntN(1001))/1000) + `}`
+		}
+		v, _ := lockValue(json.RawMessage(lock)) // the workload's own well-formed lock
+		c.mutate(ctx, check.KindSetParameterLock, lockKey(track, step), v,
+			`{"type":"set_parameter_lock","trackId":"`+track+`","step":`+strconv.Itoa(step)+`,"lock":`+lock)
+	case p < 75:
+		if !c.known {
+			c.read(ctx) // learn whether the own track exists first
+			return
+		}
+		own := clientTrackID(c.id)
+		if c.hasTrack {
+			c.mutate(ctx, check.KindDeleteTrack, existsKey(own), "false", `{"type":"delete_track","trackId":"`+own+`"`)
+		} else {
+			c.mutate(ctx, check.KindAddTrack, existsKey(own), "true", `{"type":"add_track","track":`+trackJSON(own))
+		}
+	case p < 85:
+		c.read(ctx)
+	case p < 90:
+		c.rename(ctx)
+	case p < 95:
+		c.send(ctx, `{"type":"request_snapshot"}`)
+	default:
+		c.disconnect(closeSwitch)
+	}
+}
+
+// mutate sends one mutation (msg is its JSON without the envelope's seq,
+// ack and closing brace) and waits for this player's broadcast of it.
+func (c *client) mutate(ctx context.Context, kind, key, value, msg string) {
+	c.opSeq++
+	cs := c.opSeq
+	o := check.Op{Client: c.id, Session: c.sess.id, Kind: kind, Key: key, Value: value,
+		OpID: "c" + strconv.Itoa(c.id) + "-" + strconv.FormatUint(cs, 10), Invoke: time.Now()}
+	full := msg + `,"seq":` + strconv.FormatUint(cs, 10) + `,"ack":` + strconv.FormatUint(c.since(), 10) + `}`
+	cn := c.conn
+	wctx, cancel := context.WithTimeout(ctx, httpTimeout)
+	err := cn.ws.Write(wctx, websocket.MessageText, []byte(full))
+	cancel()
+	if err != nil {
+		// The frame may have reached the server before the error.
+		o.Outcome, o.Complete = check.Unknown, time.Now()
+		c.settle(o, kind)
+		c.disconnect(closeAbandon)
+		return
+	}
+	timeout := time.NewTimer(ackTimeout)
+	defer timeout.Stop()
+	for {
+		select {
+		case f := <-cn.acks:
+			if f.ClientSeq != cs {
+				continue
+			}
+			o.Outcome, o.Complete, o.Seq = check.OK, time.Now(), f.Seq
+			if kind == check.KindToggleStep {
+				o.Value = strconv.FormatBool(string(f.Value) == "true")
+			}
+			c.settle(o, kind)
+			return
+		case <-cn.done:
+		case <-timeout.C:
+		}
+		o.Outcome, o.Complete = check.Unknown, time.Now()
+		c.settle(o, kind)
+		c.disconnect(closeAbandon)
+		return
+	}
+}
+
+// settle records o and updates what the client knows about its own track.
+func (c *client) settle(o check.Op, kind string) {
+	c.rec.op(o)
+	if kind == check.KindAddTrack || kind == check.KindDeleteTrack {
+		c.known = o.Outcome == check.OK
+		c.hasTrack = kind == check.KindAddTrack
+	}
+}
+
+// send writes a message that needs no answer.
+func (c *client) send(ctx context.Context, msg string) {
+	wctx, cancel := context.WithTimeout(ctx, httpTimeout)
+	defer cancel()
+	if err := c.conn.ws.Write(wctx, websocket.MessageText, []byte(msg)); err != nil {
+		c.disconnect(closeAbandon)
+	}
+}
+
+// read does a linearizable HTTP read through a random node and records it
+// as a read of the tempo, the name, the client's own track and every
+// register of one stable track.
+func (c *client) read(ctx context.Context) {
+	node := c.rng.IntN(len(c.nodes))
+	track := stableTrackID(c.rng.IntN(stableTracks))
+	start := time.Now()
+	body, status, err := c.do(ctx, http.MethodGet, node, "/api/sessions/"+c.sess.id, nil)
+	end := time.Now()
+	var regs map[string]string
+	if err == nil && status == http.StatusOK {
+		regs, err = registers(body, c.sess.clients)
+	} else if err == nil {
+		err = fmt.Errorf("HTTP %d", status)
+	}
+	if err != nil {
+		c.rec.op(check.Op{Client: c.id, Session: c.sess.id, Kind: check.KindRead, Key: "*", Invoke: start, Complete: end, Outcome: check.Failed})
+		return
+	}
+	keys := []string{tempoKey, nameKey, existsKey(clientTrackID(c.id)), volumeKey(track)}
+	for s := range stepRegs {
+		keys = append(keys, stepKey(track, s))
+	}
+	for s := range lockRegs {
+		keys = append(keys, lockKey(track, s))
+	}
+	for _, k := range keys {
+		c.rec.op(check.Op{Client: c.id, Session: c.sess.id, Kind: check.KindRead, Key: k, Value: regs[k], Invoke: start, Complete: end, Outcome: check.OK})
+	}
+	c.known, c.hasTrack = true, regs[existsKey(clientTrackID(c.id))] == "true"
+}
+
+// rename is the HTTP write: PATCH the session's name through a random node.
+func (c *client) rename(ctx context.Context) {
+	c.renames++
+	name := "c" + strconv.Itoa(c.id) + "-" + strconv.Itoa(c.renames)
+	o := check.Op{Client: c.id, Session: c.sess.id, Kind: check.KindRename, Key: nameKey, Value: name, Invoke: time.Now()}
+	_, status, err := c.do(ctx, http.MethodPatch, c.rng.IntN(len(c.nodes)), "/api/sessions/"+c.sess.id, []byte(`{"name":"`+name+`"}`))
+	o.Complete = time.Now()
+	switch {
+	case err == nil && status == http.StatusOK:
+		o.Outcome = check.OK
+	case err == nil && status >= 400 && status < 500:
+		o.Outcome = check.Failed // refused before it reached the log
+	default:
+		o.Outcome = check.Unknown // a timeout or a 5xx may follow a commit
+	}
+	c.rec.op(o)
+}
+
+func (c *client) do(ctx context.Context, method string, node int, path string, body []byte) ([]byte, int, error) {
+	ctx, cancel := context.WithTimeout(ctx, httpTimeout)
+	defer cancel()
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+c.nodes[node]+path, rd)
+	if err != nil {
+		return nil, 0, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxFrameSize))
+	return b, resp.StatusCode, err
+}
+
+// connect opens a socket on a node other than the last one, resuming with
+// ?since= from the highest seq seen, and waits for the first frame (a
+// snapshot, or a resume before a replay).
+func (c *client) connect(ctx context.Context) error {
+	if c.conns > 0 && len(c.nodes) > 1 {
+		c.node = (c.node + 1 + c.rng.IntN(len(c.nodes)-1)) % len(c.nodes)
+	}
+	url := "ws://" + c.nodes[c.node] + "/api/sessions/" + c.sess.id + "/ws"
+	if s := c.since(); s > 0 {
+		url += "?since=" + strconv.FormatUint(s, 10)
+	}
+	dctx, cancel := context.WithTimeout(ctx, joinTimeout)
+	defer cancel()
+	ws, resp, err := websocket.Dial(dctx, url, &websocket.DialOptions{HTTPClient: c.http})
+	if resp != nil && resp.Body != nil {
+		resp.Body.Close()
+	}
+	if err != nil {
+		return fmt.Errorf("dial n%d: %w", c.node+1, err)
+	}
+	ws.SetReadLimit(maxFrameSize)
+	rctx, rcancel := context.WithCancel(context.Background())
+	cn := &conn{ws: ws, n: c.conns, node: "n" + strconv.Itoa(c.node+1), acks: make(chan frame, 1024), done: make(chan struct{}), cancel: rcancel}
+	c.conns++
+	first := make(chan string, 1)
+	go c.readLoop(rctx, cn, first)
+	select {
+	case p := <-first:
+		cn.player = p
+		c.conn = cn
+		return nil
+	case <-cn.done:
+	case <-dctx.Done():
+	}
+	c.conn = cn
+	c.disconnect(closeAbandon)
+	return fmt.Errorf("n%d sent no snapshot within %v", c.node+1, joinTimeout)
+}
+
+// readLoop records every frame with a seq as a delivery and hands this
+// player's acks and snapshots to the op loop.
+func (c *client) readLoop(ctx context.Context, cn *conn, first chan<- string) {
+	defer close(cn.done)
+	player := ""
+	for {
+		typ, data, err := cn.ws.Read(ctx)
+		now := time.Now()
+		if err != nil {
+			code := int(cn.code.Load())
+			if code == 0 {
+				code = int(websocket.CloseStatus(err))
+				if code < 0 {
+					code = int(websocket.StatusAbnormalClosure)
+				}
+			}
+			c.rec.closed(check.Close{Client: c.id, Conn: cn.n, Code: code, At: now})
+			return
+		}
+		if typ != websocket.MessageText || len(data) == 0 || data[0] != '{' {
+			continue
+		}
+		var f frame
+		if err := json.Unmarshal(data, &f); err != nil {
+			continue
+		}
+		if player == "" && (f.Type == "snapshot" || f.Type == "resume") {
+			player = f.PlayerID
+			first <- player
+		}
+		// A resume frame's seq is where the replay ends, not a broadcast:
+		// the replayed broadcasts follow it with their own seqs.
+		if f.Seq > 0 && f.Type != "resume" {
+			typ := f.Type
+			if typ == "snapshot" {
+				typ = check.TypeSnapshot
+			}
+			c.rec.delivery(check.Delivery{Client: c.id, Conn: cn.n, Node: cn.node, Session: c.sess.id, Seq: f.Seq, PrevSeq: f.PrevSeq,
+				Type: typ, PlayerID: f.PlayerID, ClientSeq: f.ClientSeq, At: now})
+			c.seenSeq(f.Seq)
+		}
+		if f.ClientSeq > 0 && f.PlayerID == player {
+			select {
+			case cn.acks <- f:
+			default: // the op loop is far behind; it only needs its own acks, and it will time out
+			}
+		}
+	}
+}
+
+// disconnect closes the current socket and waits for its reader. An
+// orderly switch does the close handshake; an abandoned socket (its server
+// may be paused or cut off) is dropped at once.
+func (c *client) disconnect(code websocket.StatusCode) {
+	cn := c.conn
+	if cn == nil {
+		return
+	}
+	c.conn = nil
+	cn.code.CompareAndSwap(0, int64(code))
+	if code == closeSwitch {
+		_ = cn.ws.Close(code, "chaos client switches node") // an error means the socket was already gone
+	}
+	_ = cn.ws.CloseNow() // idem
+	cn.cancel()
+	<-cn.done
+}
