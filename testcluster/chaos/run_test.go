@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"chorus/testcluster"
+	"chorus/testcluster/check"
 )
 
 // testLog writes progress lines to the test log.
@@ -91,11 +92,111 @@ func TestChaosRun(t *testing.T) {
 	if ok < 100 {
 		t.Errorf("only %d acknowledged writes", ok)
 	}
+	checkPlanted(t, rep.History)
 	counts := map[string]string{"lost-writes": "registers", "seq-monotonic": "deliveries", "convergence": "states",
 		"linearizable": "ops", "no-double-apply": "ops", "no-silent-skip": "deliveries"}
 	for _, r := range rep.Results {
 		if k := counts[r.Name]; r.Counts[k] == 0 {
 			t.Errorf("checker %s saw no %s: %v", r.Name, k, r.Counts)
+		}
+	}
+}
+
+// checkPlanted plants one violation of each kind into copies of a real,
+// valid history and asserts that the matching checker reports it. It proves the run's checkers look
+// at what the harness recorded, not just at synthetic histories.
+func checkPlanted(t *testing.T, h *check.History) {
+	t.Helper()
+	raw, err := h.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh := func() *check.History {
+		c, err := check.Unmarshal(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	// lastWrite finds the acked write with the highest seq.
+	lastWrite := func(h *check.History) check.Op {
+		var w check.Op
+		for _, o := range h.Ops {
+			if o.IsWrite() && o.Outcome == check.OK && o.Seq > w.Seq && o.Kind != check.KindToggleStep {
+				w = o
+			}
+		}
+		if w.Seq == 0 {
+			t.Fatal("no acked write with a seq to plant violations around")
+		}
+		return w
+	}
+	// chain finds a connection with three consecutive broadcasts.
+	chain := func(h *check.History) int {
+		for i := 2; i < len(h.Deliveries); i++ {
+			a, b, c := h.Deliveries[i-2], h.Deliveries[i-1], h.Deliveries[i]
+			if a.Client == c.Client && a.Conn == c.Conn && b.Client == c.Client && b.Conn == c.Conn &&
+				a.Type != check.TypeSnapshot && b.Type != check.TypeSnapshot && c.Type != check.TypeSnapshot {
+				return i - 1
+			}
+		}
+		t.Fatal("no connection with three broadcasts in a row")
+		return 0
+	}
+	for _, tt := range []struct {
+		checker string
+		plant   func(h *check.History)
+	}{
+		{"lost-writes", func(h *check.History) {
+			w := lastWrite(h)
+			for i := range h.Final {
+				if h.Final[i].Session == w.Session {
+					h.Final[i].Registers[w.Key] = "planted: lost"
+				}
+			}
+		}},
+		{"seq-monotonic", func(h *check.History) {
+			i := chain(h)
+			d := h.Deliveries[i+1]
+			d.Seq = h.Deliveries[i].Seq - 1
+			h.Deliveries = append(h.Deliveries, d)
+		}},
+		{"convergence", func(h *check.History) {
+			for i := range h.Final {
+				if h.Final[i].Session != wholeState {
+					h.Final[i].Snapshot = append([]byte("planted"), h.Final[i].Snapshot...)
+					return
+				}
+			}
+		}},
+		{"linearizable", func(h *check.History) {
+			w := lastWrite(h)
+			at := w.Complete.Add(time.Second)
+			h.Ops = append(h.Ops, check.Op{Client: 999, Session: w.Session, Kind: check.KindRead, Key: w.Key,
+				Value: "planted: never written", Invoke: at, Complete: at.Add(time.Millisecond), Outcome: check.OK})
+		}},
+		{"no-double-apply", func(h *check.History) {
+			for _, d := range h.Deliveries {
+				if d.ClientSeq != 0 && d.Type != check.TypeSnapshot {
+					d.Seq += 1_000_000
+					d.Client, d.Conn = 999, 0
+					h.Deliveries = append(h.Deliveries, d)
+					return
+				}
+			}
+			t.Fatal("no acknowledged broadcast")
+		}},
+		{"no-silent-skip", func(h *check.History) {
+			i := chain(h)
+			h.Deliveries = append(h.Deliveries[:i], h.Deliveries[i+1:]...)
+		}},
+	} {
+		h := fresh()
+		tt.plant(h)
+		for _, r := range check.CheckAll(h) {
+			if r.Name == tt.checker && r.Valid {
+				t.Errorf("planted a %s violation in the recorded history, but the checker passed it: %v", tt.checker, r.Counts)
+			}
 		}
 	}
 }
