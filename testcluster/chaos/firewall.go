@@ -5,14 +5,16 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 )
 
 // FirewallPrefix starts the comment of every iptables rule the harness adds.
 // A harness tags its rules FirewallPrefix + "-" + something unique to the
-// run, and SweepFirewall(FirewallPrefix) at start-up removes the rules of a
-// harness that died without healing.
+// run (its pid first), and each run starts by removing the rules of
+// harnesses that died without healing (sweepStale).
 const FirewallPrefix = "chorus-chaos"
 
 // firewall cuts links between loopback addresses with iptables DROP rules in
@@ -104,6 +106,28 @@ func SweepFirewall(prefix string) (int, error) {
 	if prefix == "" {
 		return 0, errors.New("sweep firewall: empty prefix")
 	}
+	return sweep(func(tag string) bool { return strings.HasPrefix(tag, prefix) })
+}
+
+// sweepStale removes the rules of harnesses that are gone: tags
+// FirewallPrefix-<pid>-… whose pid is not a live process. Rules of a harness
+// that still runs (another run on other addresses) are left alone.
+func sweepStale() (int, error) {
+	return sweep(func(tag string) bool {
+		rest, ok := strings.CutPrefix(tag, FirewallPrefix+"-")
+		if !ok {
+			return false
+		}
+		pid, err := strconv.Atoi(strings.SplitN(rest, "-", 2)[0])
+		if err != nil || pid <= 0 {
+			return true // not a tag this harness writes: a leftover all the same
+		}
+		return syscall.Kill(pid, 0) == syscall.ESRCH
+	})
+}
+
+// sweep deletes every INPUT rule whose comment match accepts.
+func sweep(match func(tag string) bool) (int, error) {
 	out, err := iptables("-S", "INPUT")
 	if err != nil {
 		return 0, fmt.Errorf("sweep firewall: %w", err)
@@ -112,7 +136,7 @@ func SweepFirewall(prefix string) (int, error) {
 	var errs []error
 	for _, line := range strings.Split(out, "\n") {
 		args := strings.Fields(line)
-		if len(args) < 2 || args[0] != "-A" || !hasComment(args, prefix) {
+		if len(args) < 2 || args[0] != "-A" || !match(comment(args)) {
 			continue
 		}
 		args[0] = "-D"
@@ -125,15 +149,22 @@ func SweepFirewall(prefix string) (int, error) {
 	return n, errors.Join(errs...)
 }
 
-// hasComment reports whether a rule as iptables -S prints it has a comment
-// starting with prefix. Our tags have no blanks, so iptables does not quote them.
-func hasComment(args []string, prefix string) bool {
+// comment returns the comment of a rule as iptables -S prints it, or "".
+// Our tags have no blanks, so iptables does not quote them.
+func comment(args []string) string {
 	for i := 0; i+1 < len(args); i++ {
-		if args[i] == "--comment" && strings.HasPrefix(args[i+1], prefix) {
-			return true
+		if args[i] == "--comment" {
+			return args[i+1]
 		}
 	}
-	return false
+	return ""
+}
+
+// hasComment reports whether a rule as iptables -S prints it has a comment
+// starting with prefix.
+func hasComment(args []string, prefix string) bool {
+	c := comment(args)
+	return c != "" && strings.HasPrefix(c, prefix)
 }
 
 // ruleExists checks for a rule of the INPUT chain with iptables -C, which

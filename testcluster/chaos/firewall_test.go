@@ -217,3 +217,38 @@ func TestFirewallSweep(t *testing.T) {
 		t.Error("sweep with an empty prefix succeeded")
 	}
 }
+
+// TestFirewallSweepStale: a run removes the rules of a harness that died,
+// and leaves those of a harness that still runs.
+func TestFirewallSweepStale(t *testing.T) {
+	needIptables(t)
+	gone := exec.Command("true")
+	if err := gone.Run(); err != nil {
+		t.Fatal(err)
+	}
+	dead, err := newFirewall(fmt.Sprintf("%s-%d-stale", FirewallPrefix, gone.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	live, err := newFirewall(fmt.Sprintf("%s-%d-live", FirewallPrefix, os.Getpid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := errors.Join(dead.Heal(), live.Heal()); err != nil {
+			t.Error(err)
+		}
+	})
+	if err := errors.Join(dead.Cut(fwA, fwB), live.Cut(fwB, fwC)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sweepStale(); err != nil {
+		t.Fatal(err)
+	}
+	if rules := taggedRules(t, dead.tag); len(rules) != 0 {
+		t.Errorf("the dead harness's rules survived the sweep: %s", strings.Join(rules, "\n"))
+	}
+	if rules := taggedRules(t, live.tag); len(rules) != 2 {
+		t.Errorf("the sweep touched a live harness's rules: %d left, want 2", len(rules))
+	}
+}

@@ -132,7 +132,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	kinds := slices.Clone(opts.Nemeses)
 	var fw *firewall
 	if slices.Contains(kinds, NemPartition) {
-		if n, err := SweepFirewall(FirewallPrefix); err != nil {
+		if n, err := sweepStale(); err != nil {
 			rep.Notes = append(rep.Notes, "could not sweep iptables rules left by an earlier run: "+err.Error())
 		} else if n > 0 {
 			rep.Notes = append(rep.Notes, fmt.Sprintf("removed %d iptables rules left by an earlier run", n))
