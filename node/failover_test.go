@@ -11,6 +11,7 @@ import (
 	"chorus/fsm"
 	"chorus/node"
 	"chorus/testcluster"
+	"chorus/transport"
 )
 
 // failoverBound is how soon after the leader dies a new one must lead, with
@@ -225,6 +226,41 @@ func TestPartitionedLeader(t *testing.T) {
 			t.Errorf("healed node reads tempo %v, want 121 (the majority's last write)", s.State.Tempo)
 		}
 	})
+	waitSameState(t, c, waitMid)
+}
+
+// TestForwardToFrozenLeader freezes the leader (every byte to and from it
+// vanishes, its connections stay open, as with SIGSTOP) while a follower
+// forwards a write and a read barrier to it. Once the follower sees the
+// leader change, it gives up on the frozen one and the write and the read
+// go through the new leader, long before their deadline.
+func TestForwardToFrozenLeader(t *testing.T) {
+	c := testcluster.New(t, testcluster.Options{FirstIP: 251})
+	ctx := testcluster.Context(t, 2*time.Minute)
+	old, followers := waitFollowers(t, c)
+	s, p := sessionID(1), playerID(1)
+	fn := c.Members[followers[0]].Node()
+	createSession(t, ctx, fn, s)
+	joinPlayer(t, ctx, fn, s, p)
+
+	for _, f := range followers {
+		c.Faults.Set(c.Members[old].ID, c.Members[f].ID, transport.LinkFault{Drop: true})
+		c.Faults.Set(c.Members[f].ID, c.Members[old].ID, transport.LinkFault{Drop: true})
+	}
+	// Without the early give-up both calls would wait out this deadline and fail.
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	start := time.Now()
+	res := submit(t, sctx, fn, setTempo(s, p, 77), fsm.StatusOK)
+	t.Logf("the forwarded write committed at index %d after %v", res.Index, time.Since(start).Round(time.Millisecond))
+	if err := fn.Barrier(sctx); err != nil {
+		t.Fatalf("read barrier through a follower after the leader froze: %v", err)
+	}
+	if got := c.WaitLeader(waitMid, followers...); got == old {
+		t.Fatalf("the frozen node %s still leads", c.Members[old].ID)
+	}
+	c.Heal()
+	c.WaitApplied(waitMid, res.Index)
 	waitSameState(t, c, waitMid)
 }
 

@@ -35,6 +35,10 @@ type Node struct {
 
 	notifyCh chan bool
 	obsCh    chan raft.Observation
+	// leaderMoved is closed, and replaced, whenever this node's view of the
+	// leader changes, so that a forward to a leader that froze or lost its
+	// place gives up at once instead of at its deadline.
+	leaderMoved atomic.Pointer[chan struct{}]
 	observer *raft.Observer
 
 	readyTerm atomic.Uint64 // the term in which this leader committed its barrier
@@ -82,6 +86,8 @@ func New(cfg Config) (*Node, error) {
 		epochKick: make(chan struct{}, 1),
 		started:   time.Now(),
 	}
+	moved := make(chan struct{})
+	n.leaderMoved.Store(&moved)
 	ctx, cancel := context.WithCancel(context.Background())
 	n.stop, n.halt = cancel, ctx.Done()
 	n.fsm = newAdapter(log.Named("fsm"), n.hub)
@@ -369,6 +375,8 @@ func (n *Node) leaderBarrier(ctx context.Context, term uint64) {
 func (n *Node) observe(o raft.Observation) {
 	switch d := o.Data.(type) {
 	case raft.LeaderObservation:
+		moved := make(chan struct{})
+		close(*n.leaderMoved.Swap(&moved))
 		if d.LeaderID == "" {
 			n.log.Info("leader lost")
 		} else {

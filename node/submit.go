@@ -121,6 +121,7 @@ func (n *Node) submitOnce(ctx context.Context, data []byte) (fsm.Result, error) 
 	if n.closed() {
 		return fsm.Result{}, ErrShutdown
 	}
+	moved := *n.leaderMoved.Load() // before the leader is read, so no change slips between
 	addr, id := n.raft.LeaderWithID()
 	switch {
 	case id == "":
@@ -128,7 +129,7 @@ func (n *Node) submitOnce(ctx context.Context, data []byte) (fsm.Result, error) 
 	case string(id) == n.cfg.ID:
 		return n.applyLocal(ctx, data)
 	}
-	resp, err := n.peer.Call(ctx, string(addr), rpcForward, data)
+	resp, err := n.callLeader(ctx, string(addr), rpcForward, data, moved)
 	if err != nil {
 		return fsm.Result{}, n.rpcErr(err)
 	}
@@ -140,6 +141,24 @@ func (n *Node) submitOnce(ctx context.Context, data []byte) (fsm.Result, error) 
 		return fsm.Result{}, err
 	}
 	return res, nil
+}
+
+// callLeader calls method on the leader at addr. The attempt ends early when
+// moved closes, that is when this node sees the leader change: a leader that
+// froze (SIGSTOP, a partition) would otherwise hold the request until its
+// deadline although a new leader took over. A forwarded command's retry
+// keeps its op ID.
+func (n *Node) callLeader(ctx context.Context, addr string, method uint8, data []byte, moved <-chan struct{}) ([]byte, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-moved:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return n.peer.Call(ctx, addr, method, data)
 }
 
 // applyLocal proposes on this node, which must lead. The future resolves
@@ -230,6 +249,7 @@ func (n *Node) readIndex(ctx context.Context) (uint64, error) {
 	if n.closed() {
 		return 0, ErrShutdown
 	}
+	moved := *n.leaderMoved.Load()
 	addr, id := n.raft.LeaderWithID()
 	switch {
 	case id == "":
@@ -237,7 +257,7 @@ func (n *Node) readIndex(ctx context.Context) (uint64, error) {
 	case string(id) == n.cfg.ID:
 		return n.leaderReadIndex(ctx)
 	}
-	resp, err := n.peer.Call(ctx, string(addr), rpcReadIdx, nil)
+	resp, err := n.callLeader(ctx, string(addr), rpcReadIdx, nil, moved)
 	if err != nil {
 		return 0, n.rpcErr(err)
 	}
