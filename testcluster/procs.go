@@ -242,6 +242,9 @@ func (p *Procs) start(i int, fresh bool) error {
 		return fmt.Errorf("start %s: %w", n.ID, err)
 	}
 	cmd := exec.Command(p.opts.Binary, p.args(i, !fresh)...)
+	// A process group of its own: a Ctrl-C in the terminal reaches the
+	// harness, which decides what happens to its nodes, and not the nodes.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), "CHORUS_CLUSTER_SECRET=", "CHORUS_ADMIN_TOKEN=")
 	if err := cmd.Start(); err != nil {

@@ -77,6 +77,9 @@ func chaosCmd(args []string, stdout, stderr io.Writer, getenv func(string) strin
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// After the first Ctrl-C the run cleans up; a second one kills chorus
+	// at once (the next run removes any iptables rules left behind).
+	context.AfterFunc(ctx, stop)
 	rep, err := chaos.Run(ctx, chaos.Options{
 		Binary: *binary, Dir: *dir, Seed: *seed, Duration: *duration, Nodes: *nodes, Clients: *clients,
 		Sessions: *sessions, Nemeses: kinds, FirstIP: *firstIP, Out: stdout, Live: isTerminal(stdout),

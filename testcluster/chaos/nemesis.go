@@ -130,6 +130,21 @@ func (n *nemesis) Run(ctx context.Context) {
 			<-ctx.Done()
 			return
 		}
+		// A fault on top of a cluster that has not recovered from the last
+		// one could take quorum away for good: repair it instead.
+		if err := n.waitHealthy(ctx, healthyWithin); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			n.cfg.Logf("no %s fault: the cluster is not healthy (%v); repairing it", kind, err)
+			n.opMu.Lock()
+			err := n.repair(ctx)
+			n.opMu.Unlock()
+			if err != nil {
+				n.cfg.Logf("repair failed: %v", err)
+			}
+			continue
+		}
 		n.step(ctx, kind, pk, hold)
 		if ctx.Err() != nil {
 			return

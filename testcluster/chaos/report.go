@@ -56,7 +56,8 @@ func (r *Report) Summary() string {
 		ednEntry("checkers", strings.TrimSuffix(check.Summary(h, r.Results), "\n")),
 	)
 
-	tally := tallyOps(h.Ops)
+	ops := requests(h.Ops)
+	tally := tallyOps(ops)
 	var kinds []string
 	for _, k := range tally.kinds {
 		var oc []string
@@ -67,7 +68,7 @@ func (r *Report) Summary() string {
 	}
 	e = append(e, ednEntry("ops", ednMap(kinds)))
 
-	lat := okLatency(h.Ops)
+	lat := okLatency(ops)
 	le := []string{fmt.Sprintf(":count %d", lat.n)}
 	if lat.n > 0 {
 		le = append(le, ":p50 "+fmtMS(lat.p50), ":p99 "+fmtMS(lat.p99), ":max "+fmtMS(lat.max))
@@ -293,6 +294,25 @@ func tallyFaults(nemeses []string, faults []Fault) []faultTally {
 	return out
 }
 
+// requests folds the read ops of one HTTP read (the workload records a
+// read as one op per register, all with the read's OpID) into one op with
+// Key "*", so that counts, latencies and the plot are per request.
+func requests(ops []check.Op) []check.Op {
+	out := make([]check.Op, 0, len(ops))
+	seen := map[string]bool{}
+	for _, o := range ops {
+		if o.Kind == check.KindRead && o.OpID != "" {
+			if seen[o.OpID] {
+				continue
+			}
+			seen[o.OpID] = true
+			o.Key, o.Value = "*", ""
+		}
+		out = append(out, o)
+	}
+	return out
+}
+
 func sortedMapKeys[V any](m map[string]V) []string {
 	ks := make([]string, 0, len(m))
 	for k := range m {
@@ -439,13 +459,14 @@ func (r *Report) WriteHTML(w io.Writer) error {
 
 func (r *Report) htmlView() htmlReport {
 	h := r.history()
+	ops := requests(h.Ops)
 	t0 := r.origin()
 	v := htmlReport{
 		Valid:    r.Valid,
 		Seed:     r.Seed,
 		Replay:   r.replayCommand(),
 		Notes:    r.Notes,
-		TotalOps: len(h.Ops),
+		TotalOps: len(ops),
 		RowCap:   historyMaxRows,
 	}
 	nem := strings.Join(r.Nemeses, ",")
@@ -460,7 +481,7 @@ func (r *Report) htmlView() htmlReport {
 		{"clients", strconv.Itoa(r.Clients)},
 		{"sessions", strconv.Itoa(r.Sessions)},
 		{"nemeses", nem},
-		{"ops", strconv.Itoa(len(h.Ops))},
+		{"ops", strconv.Itoa(len(ops))},
 		{"faults", strconv.Itoa(len(r.Faults))},
 	}
 	if !r.Started.IsZero() {
@@ -470,7 +491,7 @@ func (r *Report) htmlView() htmlReport {
 		v.Logs = append(v.Logs, htmlKV{id, r.Logs[id]})
 	}
 
-	tally := tallyOps(h.Ops)
+	tally := tallyOps(ops)
 	for _, o := range tally.outcomes {
 		v.OpCols = append(v.OpCols, string(o))
 	}
@@ -481,7 +502,7 @@ func (r *Report) htmlView() htmlReport {
 		}
 		v.OpRows = append(v.OpRows, row)
 	}
-	if lat := okLatency(h.Ops); lat.n > 0 {
+	if lat := okLatency(ops); lat.n > 0 {
 		v.Latency = fmt.Sprintf("OK ops: %d, p50 %s ms, p99 %s ms, max %s ms",
 			lat.n, fmtMS(lat.p50), fmtMS(lat.p99), fmtMS(lat.max))
 	} else {
@@ -509,8 +530,8 @@ func (r *Report) htmlView() htmlReport {
 		v.Faults = append(v.Faults, hf)
 	}
 
-	v.Rows, v.Omitted = historyRows(h.Ops, t0)
-	v.Plot = r.plot(h.Ops, t0)
+	v.Rows, v.Omitted = historyRows(ops, t0)
+	v.Plot = r.plot(ops, t0)
 	return v
 }
 

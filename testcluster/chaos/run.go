@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"chorus/fsm"
@@ -32,7 +33,7 @@ type Options struct {
 	// summary.txt; required.
 	Dir      string
 	Seed     int64         // seeds the workload's and the nemesis's choices
-	Duration time.Duration // how long the workload runs; default 30s
+	Duration time.Duration // how long the workload runs; default 1m
 	Nodes    int           // default 3
 	Clients  int           // WebSocket clients; default 12
 	Sessions int           // default: one per 4 clients
@@ -52,21 +53,24 @@ type Options struct {
 }
 
 // ErrBadOptions wraps every complaint about Options: the run did not start.
-var ErrBadOptions = errors.New("bad chaos options")
+var ErrBadOptions = errors.New("bad options")
 
-func (o *Options) setDefaults() error {
-	if err := o.check(); err != nil {
-		return fmt.Errorf("chaos: %w: %w", ErrBadOptions, err)
+// withDefaults returns o with its zero fields set to their defaults, or an
+// error wrapping ErrBadOptions.
+func (o Options) withDefaults() (Options, error) {
+	if err := o.fill(); err != nil {
+		return o, fmt.Errorf("chaos: %w: %w", ErrBadOptions, err)
 	}
-	return nil
+	return o, nil
 }
 
-func (o *Options) check() error {
+// fill sets the defaults of o, a copy, and validates the result.
+func (o *Options) fill() error {
 	if o.Binary == "" || o.Dir == "" {
 		return errors.New("the Binary and Dir options are required")
 	}
 	if o.Duration == 0 {
-		o.Duration = 30 * time.Second
+		o.Duration = time.Minute
 	}
 	if o.Nodes == 0 {
 		o.Nodes = 3
@@ -110,6 +114,32 @@ func (o *Options) check() error {
 	return nil
 }
 
+// lockAddrs takes an exclusive lock per loopback address of the run, so that
+// two runs never share addresses: iptables rules cut addresses, and one
+// run's partitions would silently hit the other's cluster.
+func lockAddrs(first, nodes int) (unlock func(), err error) {
+	var files []*os.File
+	unlock = func() {
+		for _, f := range files {
+			f.Close() // closing releases the lock
+		}
+	}
+	for i := range nodes {
+		ip := "127.0.0." + strconv.Itoa(first+i)
+		f, err := os.OpenFile(filepath.Join(os.TempDir(), "chorus-chaos-"+ip+".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+		if err != nil {
+			unlock()
+			return nil, fmt.Errorf("chaos: lock %s: %w", ip, err)
+		}
+		files = append(files, f)
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+			unlock()
+			return nil, fmt.Errorf("chaos: %s is in use by another chaos run (%w); give another --first-ip", ip, err)
+		}
+	}
+	return unlock, nil
+}
+
 // ErrInterrupted is returned when the run's context ends before the
 // workload is over (Ctrl-C): the faults are healed and the cluster stopped,
 // but nothing is checked.
@@ -121,9 +151,18 @@ var ErrInterrupted = errors.New("chaos run interrupted")
 // report.html and summary.txt into opts.Dir. The Report's Valid says whether
 // every checker passed; an error means the run itself could not be done.
 func Run(ctx context.Context, opts Options) (*Report, error) {
-	if err := opts.setDefaults(); err != nil {
+	opts, err := opts.withDefaults()
+	if err != nil {
 		return nil, err
 	}
+	if entries, err := os.ReadDir(filepath.Join(opts.Dir, "nodes")); err == nil && len(entries) > 0 {
+		return nil, fmt.Errorf("chaos: %w: %s already holds the nodes of another run; give a fresh --dir", ErrBadOptions, opts.Dir)
+	}
+	unlock, err := lockAddrs(opts.FirstIP, opts.Nodes)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	if err := os.MkdirAll(opts.Dir, 0o750); err != nil {
 		return nil, fmt.Errorf("chaos: %w", err)
 	}
@@ -189,51 +228,47 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	wctx, stop := context.WithTimeout(ctx, opts.Duration)
 	defer stop()
 	var wg sync.WaitGroup
-	var panics []error
-	var panicMu sync.Mutex
+	// guard runs f on its own goroutine; a panic stops the workload and
+	// fails the run instead of killing the process before its cleanup.
 	guard := func(name string, f func()) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer func() {
-				if p := recover(); p != nil {
-					panicMu.Lock()
-					panics = append(panics, fmt.Errorf("%s panicked: %v", name, p))
-					panicMu.Unlock()
-					stop()
-				}
-			}()
+			defer stop()
+			defer rec.recovered(name)
 			f()
 		}()
 	}
 	start := time.Now()
-	guard("nemesis", func() { nem.Run(wctx) })
+	guard("the nemesis", func() { nem.Run(wctx) })
+	var clients sync.WaitGroup
 	for i := range opts.Clients {
 		c := &client{id: i, sess: sessions[i%len(sessions)], nodes: addrs, rec: rec, http: hc, think: opts.Think,
 			node: i % len(addrs), rng: mrand.New(mrand.NewPCG(rng.Uint64(), rng.Uint64()))}
-		guard("client "+strconv.Itoa(i), func() { c.run(wctx) })
+		clients.Add(1)
+		guard("client "+strconv.Itoa(i), func() {
+			defer clients.Done()
+			c.run(wctx)
+		})
 	}
-	progressDone := make(chan struct{})
-	go func() {
-		defer close(progressDone)
-		progress(wctx, opts, rec, nem, start)
-	}()
+	guard("the progress line", func() { progress(wctx, opts, rec, nem, start) })
+	clients.Wait()
+	stop() // a client that panicked ends the run early; the others are done
 	wg.Wait()
-	<-progressDone
+	rep.Faults = nem.Faults()
+	if err := errors.Join(rec.panics...); err != nil {
+		return rep, err
+	}
+	if ctx.Err() != nil {
+		return rep, ErrInterrupted // the deferred cleanup kills the nodes and removes the rules
+	}
 
 	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 	defer cancel()
-	healErr := nem.HealAll(hctx)
+	if err := nem.HealAll(hctx); err != nil {
+		rep.Notes = append(rep.Notes, "healing the cluster at the end failed: "+err.Error())
+	}
 	rep.Faults = nem.Faults()
-	if len(panics) > 0 {
-		return rep, errors.Join(panics...)
-	}
-	if ctx.Err() != nil {
-		return rep, ErrInterrupted
-	}
-	if healErr != nil {
-		rep.Notes = append(rep.Notes, "healing the cluster at the end failed: "+healErr.Error())
-	}
 	fmt.Fprintf(opts.Out, "chaos: workload done after %v; waiting for every node to catch up\n", time.Since(start).Round(time.Millisecond))
 	final, note := collectFinals(hctx, hc, procs, token, sessions)
 	if note != "" {
@@ -243,12 +278,51 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	h := rec.h
 	rec.mu.Unlock()
 	h.Final = final
+	if n := h.ResolveUnknown(); n > 0 {
+		rep.Notes = append(rep.Notes, fmt.Sprintf("%d unknown ops were resolved to ok: another socket received their broadcast", n))
+	}
+	finalReads(&h, procs)
 	rep.History = &h
 	fmt.Fprintf(opts.Out, "chaos: checking %d ops, %d deliveries\n", len(h.Ops), len(h.Deliveries))
 	rep.Results = check.CheckAll(&h)
 	rep.Valid = check.Valid(rep.Results)
 	rep.Elapsed = time.Since(rep.Started)
 	return rep, writeOutputs(opts.Dir, rep)
+}
+
+// finalClient numbers the pseudo-clients of the final reads: node i reads
+// as client finalClient+i.
+const finalClient = 1000
+
+// finalReads appends each node's final state as a read of every register,
+// after every op: the linearizability checker then also proves that no
+// write, even one without a seq (an HTTP rename), was lost.
+func finalReads(h *check.History, procs *testcluster.Procs) {
+	var end time.Time
+	for _, o := range h.Ops {
+		end = maxTime(end, o.Invoke, o.Complete)
+	}
+	end = end.Add(time.Millisecond)
+	for i, n := range procs.Nodes {
+		for _, ns := range h.Final {
+			if ns.Node != n.ID || ns.Registers == nil {
+				continue
+			}
+			for _, k := range sortedMapKeys(h.Initial[ns.Session]) {
+				h.Ops = append(h.Ops, check.Op{Client: finalClient + i, Session: ns.Session, Kind: check.KindRead, Key: k,
+					Value: ns.Registers[k], OpID: "final-" + n.ID, Invoke: end, Complete: end, Outcome: check.OK})
+			}
+		}
+	}
+}
+
+func maxTime(t time.Time, ts ...time.Time) time.Time {
+	for _, u := range ts {
+		if u.After(t) {
+			t = u
+		}
+	}
+	return t
 }
 
 func orNone(kinds []string) []string {
@@ -343,28 +417,63 @@ const wholeState = "*"
 
 // collectFinals fetches every node's FSM state until all of them are at the
 // same applied index, and turns it into NodeStates: one per session (its
-// snapshot bytes, state hash and registers) and one for the whole state. If
-// the nodes do not agree within the deadline it returns what it last saw,
-// which the convergence checker then reports, and a note saying so.
+// snapshot bytes, the state hash the node itself reports, and the
+// registers) and one for the whole state. If the nodes do not agree within
+// a minute it returns what it last saw, which the convergence checker then
+// reports, and a note saying so; a node it could not read at all gets empty
+// states, so that no checker can pass it by.
 func collectFinals(ctx context.Context, hc *http.Client, procs *testcluster.Procs, token string, sessions []*session) ([]check.NodeState, string) {
 	type nodeState struct {
-		raw   []byte
-		state *fsm.State
+		raw    []byte
+		state  *fsm.State
+		hashes map[string]string // session -> the hash the node reports
 	}
 	states := make([]nodeState, len(procs.Nodes))
-	fetch := func() error {
-		for i, n := range procs.Nodes {
-			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			b, status, err := httpDo(rctx, hc, http.MethodGet, "http://"+n.HTTPAddr+"/cluster/state", token, nil)
-			cancel()
-			if err != nil || status != http.StatusOK {
-				return fmt.Errorf("%s: GET /cluster/state: HTTP %d %v", n.ID, status, err)
-			}
-			st, err := fsm.ReadSnapshot(bytes.NewReader(b))
+	get := func(i int, path, token string) ([]byte, error) {
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		b, status, err := httpDo(rctx, hc, http.MethodGet, "http://"+procs.Nodes[i].HTTPAddr+path, token, nil)
+		if err == nil && status != http.StatusOK {
+			err = fmt.Errorf("HTTP %d: %s", status, b)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: GET %s: %w", procs.Nodes[i].ID, path, err)
+		}
+		return b, nil
+	}
+	fetch := func(i int) error {
+		b, err := get(i, "/cluster/state", token)
+		if err != nil {
+			return err
+		}
+		st, err := fsm.ReadSnapshot(bytes.NewReader(b))
+		if err != nil {
+			return fmt.Errorf("%s: GET /cluster/state: %w", procs.Nodes[i].ID, err)
+		}
+		hashes := map[string]string{}
+		for _, s := range sessions {
+			b, err := get(i, "/api/debug/session/"+s.id+"/state-sync", "")
 			if err != nil {
-				return fmt.Errorf("%s: GET /cluster/state: %w", n.ID, err)
+				return err
 			}
-			states[i] = nodeState{b, st}
+			var sync struct{ ServerStateHash string }
+			if err := json.Unmarshal(b, &sync); err != nil {
+				return fmt.Errorf("%s: state-sync of %s: %w", procs.Nodes[i].ID, s.id, err)
+			}
+			hashes[s.id] = sync.ServerStateHash
+		}
+		// The hashes must be of the same state: nothing applied meanwhile.
+		if stat, err := procs.Status(ctx, i); err != nil || stat.AppliedIndex != st.Index() {
+			return fmt.Errorf("%s moved on while it was read (%v)", procs.Nodes[i].ID, err)
+		}
+		states[i] = nodeState{b, st, hashes}
+		return nil
+	}
+	agree := func() error {
+		for i := range procs.Nodes {
+			if err := fetch(i); err != nil {
+				return err
+			}
 		}
 		for i := range states {
 			if states[i].state.Index() != states[0].state.Index() {
@@ -374,27 +483,32 @@ func collectFinals(ctx context.Context, hc *http.Client, procs *testcluster.Proc
 		return nil
 	}
 	var note string
-	if err := testcluster.Poll(time.Minute, fetch); err != nil {
+	if err := testcluster.Poll(time.Minute, agree); err != nil {
 		note = "the nodes did not reach the same applied index within a minute: " + err.Error()
 	}
 	var out []check.NodeState
 	for i, ns := range states {
+		id := procs.Nodes[i].ID
 		if ns.state == nil {
+			for _, s := range sessions {
+				out = append(out, check.NodeState{Node: id, Session: s.id, Hash: "unreadable", Registers: map[string]string{}})
+			}
+			out = append(out, check.NodeState{Node: id, Session: wholeState, Hash: "unreadable"})
 			continue
 		}
-		id := procs.Nodes[i].ID
 		sum := sha256.Sum256(ns.raw)
 		out = append(out, check.NodeState{Node: id, Session: wholeState, Hash: hex.EncodeToString(sum[:]), Snapshot: ns.raw, Index: ns.state.Index()})
 		for _, s := range sessions {
 			sess := ns.state.Session(s.id)
 			if sess == nil {
-				continue // the convergence checker reports the missing state
+				out = append(out, check.NodeState{Node: id, Session: s.id, Hash: "missing", Index: ns.state.Index(), Registers: map[string]string{}})
+				continue
 			}
 			regs, err := registers(sess.AppendJSON(nil), s.clients)
 			if err != nil {
 				note = strings.TrimSpace(note + " " + id + ": " + err.Error())
 			}
-			out = append(out, check.NodeState{Node: id, Session: s.id, Hash: sess.State.Hash(), Snapshot: sess.AppendSnapshot(nil),
+			out = append(out, check.NodeState{Node: id, Session: s.id, Hash: ns.hashes[s.id], Snapshot: sess.AppendSnapshot(nil),
 				Index: ns.state.Index(), Registers: regs})
 		}
 	}

@@ -42,14 +42,14 @@ func envInt(tb testing.TB, name string, def int64) int64 {
 
 // TestChaosRun is the short chaos run of make test: three real node
 // processes, every nemesis, 30 seconds of workload (CHORUS_CHAOS_SECONDS),
-// then every checker. The seed is logged; CHORUS_CHAOS_SEED replays it.
+// then every checker. The seed is logged; TESTCLUSTER_SEED replays it.
 func TestChaosRun(t *testing.T) {
 	if testing.Short() {
 		t.Skip("the chaos run takes about a minute")
 	}
-	seed := envInt(t, "CHORUS_CHAOS_SEED", time.Now().UnixNano()%1_000_000_000)
+	seed := envInt(t, "TESTCLUSTER_SEED", time.Now().UnixNano()%1_000_000_000)
 	secs := envInt(t, "CHORUS_CHAOS_SECONDS", 30)
-	t.Logf("seed %d (replay with CHORUS_CHAOS_SEED=%d)", seed, seed)
+	t.Logf("seed %d (replay with TESTCLUSTER_SEED=%d)", seed, seed)
 	bin, err := testcluster.BuildBinary(t.TempDir())
 	if err != nil {
 		t.Fatal(err)

@@ -1,11 +1,9 @@
 package chaos
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net/http"
 	"strconv"
@@ -22,8 +20,8 @@ import (
 // may still commit, as a forwarded write keeps retrying until its deadline.
 const (
 	ackTimeout   = 5 * time.Second
-	httpTimeout  = 3 * time.Second
-	joinTimeout  = 5 * time.Second
+	httpTimeout  = 2 * time.Second
+	joinTimeout  = 3 * time.Second
 	maxFrameSize = 1 << 20
 )
 
@@ -43,7 +41,9 @@ type recorder struct {
 	fail atomic.Int64
 	unk  atomic.Int64
 	errs atomic.Int64 // connection attempts that failed
-	last atomic.Value // string: the last connection error
+
+	panicMu sync.Mutex
+	panics  []error // panics of goroutines that are not the run's own
 }
 
 func (r *recorder) op(o check.Op) {
@@ -72,9 +72,21 @@ func (r *recorder) closed(c check.Close) {
 	r.mu.Unlock()
 }
 
-func (r *recorder) connErr(err error) {
-	r.errs.Add(1)
-	r.last.Store(err.Error())
+func (r *recorder) opened(c check.Conn) {
+	r.mu.Lock()
+	r.h.Conns = append(r.h.Conns, c)
+	r.mu.Unlock()
+}
+
+// recovered records a panic of the calling goroutine, if any, so that the
+// run fails with it instead of the process dying without its cleanup (the
+// iptables rules, the nodes). Use it as a deferred call.
+func (r *recorder) recovered(what string) {
+	if p := recover(); p != nil {
+		r.panicMu.Lock()
+		r.panics = append(r.panics, fmt.Errorf("%s panicked: %v", what, p))
+		r.panicMu.Unlock()
+	}
 }
 
 // frame is the part of a server message the workload reads.
@@ -110,6 +122,7 @@ type client struct {
 	seqMu    sync.Mutex
 	opSeq    uint64 // the client's message counter (clientSeq); never reset
 	renames  int
+	reads    int
 	hasTrack bool // whether the client's own track exists, if known
 	known    bool // whether hasTrack is known
 }
@@ -148,7 +161,7 @@ func (c *client) run(ctx context.Context) {
 		if c.conn == nil {
 			if err := c.connect(ctx); err != nil {
 				if ctx.Err() == nil {
-					c.rec.connErr(fmt.Errorf("client %d: %w", c.id, err))
+					c.rec.errs.Add(1)
 				}
 				holdFor(ctx, time.Duration(50+c.rng.IntN(250))*time.Millisecond)
 				continue
@@ -212,10 +225,11 @@ func (c *client) step(ctx context.Context) {
 func (c *client) mutate(ctx context.Context, kind, key, value, msg string) {
 	c.opSeq++
 	cs := c.opSeq
-	o := check.Op{Client: c.id, Session: c.sess.id, Kind: kind, Key: key, Value: value,
-		OpID: "c" + strconv.Itoa(c.id) + "-" + strconv.FormatUint(cs, 10), Invoke: time.Now()}
-	full := msg + `,"seq":` + strconv.FormatUint(cs, 10) + `,"ack":` + strconv.FormatUint(c.since(), 10) + `}`
 	cn := c.conn
+	o := check.Op{Client: c.id, Session: c.sess.id, Kind: kind, Key: key, Value: value,
+		OpID: "c" + strconv.Itoa(c.id) + "-" + strconv.FormatUint(cs, 10), Invoke: time.Now(),
+		PlayerID: cn.player, ClientSeq: cs}
+	full := msg + `,"seq":` + strconv.FormatUint(cs, 10) + `,"ack":` + strconv.FormatUint(c.since(), 10) + `}`
 	wctx, cancel := context.WithTimeout(ctx, httpTimeout)
 	err := cn.ws.Write(wctx, websocket.MessageText, []byte(full))
 	cancel()
@@ -228,19 +242,32 @@ func (c *client) mutate(ctx context.Context, kind, key, value, msg string) {
 	}
 	timeout := time.NewTimer(ackTimeout)
 	defer timeout.Stop()
+	acked := func(f frame) bool {
+		if f.ClientSeq != cs {
+			return false
+		}
+		o.Outcome, o.Complete, o.Seq = check.OK, time.Now(), f.Seq
+		if kind == check.KindToggleStep {
+			o.Value = strconv.FormatBool(string(f.Value) == "true")
+		}
+		c.settle(o, kind)
+		return true
+	}
 	for {
 		select {
 		case f := <-cn.acks:
-			if f.ClientSeq != cs {
-				continue
+			if acked(f) {
+				return
 			}
-			o.Outcome, o.Complete, o.Seq = check.OK, time.Now(), f.Seq
-			if kind == check.KindToggleStep {
-				o.Value = strconv.FormatBool(string(f.Value) == "true")
-			}
-			c.settle(o, kind)
-			return
+			continue
 		case <-cn.done:
+			// The reader has stopped, so acks holds everything it got; the
+			// ack may be there even though select picked done.
+			for len(cn.acks) > 0 {
+				if acked(<-cn.acks) {
+					return
+				}
+			}
 		case <-timeout.C:
 		}
 		o.Outcome, o.Complete = check.Unknown, time.Now()
@@ -268,11 +295,12 @@ func (c *client) send(ctx context.Context, msg string) {
 	}
 }
 
-// read does a linearizable HTTP read through a random node and records it
-// as a read of the tempo, the name, the client's own track and every
-// register of one stable track.
+// read does a linearizable HTTP read and records it as a read of the
+// tempo, the name, the client's own track and every register of one stable
+// track. HTTP goes to the node the client's socket is on, as a browser's
+// would behind a load balancer, so a fault stalls only that node's clients.
 func (c *client) read(ctx context.Context) {
-	node := c.rng.IntN(len(c.nodes))
+	node := c.node
 	track := stableTrackID(c.rng.IntN(stableTracks))
 	start := time.Now()
 	body, status, err := c.do(ctx, http.MethodGet, node, "/api/sessions/"+c.sess.id, nil)
@@ -287,6 +315,8 @@ func (c *client) read(ctx context.Context) {
 		c.rec.op(check.Op{Client: c.id, Session: c.sess.id, Kind: check.KindRead, Key: "*", Invoke: start, Complete: end, Outcome: check.Failed})
 		return
 	}
+	c.reads++
+	id := "r" + strconv.Itoa(c.id) + "-" + strconv.Itoa(c.reads) // one HTTP read, recorded as one op per register
 	keys := []string{tempoKey, nameKey, existsKey(clientTrackID(c.id)), volumeKey(track)}
 	for s := range stepRegs {
 		keys = append(keys, stepKey(track, s))
@@ -295,17 +325,17 @@ func (c *client) read(ctx context.Context) {
 		keys = append(keys, lockKey(track, s))
 	}
 	for _, k := range keys {
-		c.rec.op(check.Op{Client: c.id, Session: c.sess.id, Kind: check.KindRead, Key: k, Value: regs[k], Invoke: start, Complete: end, Outcome: check.OK})
+		c.rec.op(check.Op{Client: c.id, Session: c.sess.id, Kind: check.KindRead, Key: k, Value: regs[k], OpID: id, Invoke: start, Complete: end, Outcome: check.OK})
 	}
 	c.known, c.hasTrack = true, regs[existsKey(clientTrackID(c.id))] == "true"
 }
 
-// rename is the HTTP write: PATCH the session's name through a random node.
+// rename is the HTTP write: PATCH the session's name through the client's node.
 func (c *client) rename(ctx context.Context) {
 	c.renames++
 	name := "c" + strconv.Itoa(c.id) + "-" + strconv.Itoa(c.renames)
 	o := check.Op{Client: c.id, Session: c.sess.id, Kind: check.KindRename, Key: nameKey, Value: name, Invoke: time.Now()}
-	_, status, err := c.do(ctx, http.MethodPatch, c.rng.IntN(len(c.nodes)), "/api/sessions/"+c.sess.id, []byte(`{"name":"`+name+`"}`))
+	_, status, err := c.do(ctx, http.MethodPatch, c.node, "/api/sessions/"+c.sess.id, []byte(`{"name":"`+name+`"}`))
 	o.Complete = time.Now()
 	switch {
 	case err == nil && status == http.StatusOK:
@@ -321,24 +351,7 @@ func (c *client) rename(ctx context.Context) {
 func (c *client) do(ctx context.Context, method string, node int, path string, body []byte) ([]byte, int, error) {
 	ctx, cancel := context.WithTimeout(ctx, httpTimeout)
 	defer cancel()
-	var rd io.Reader
-	if body != nil {
-		rd = bytes.NewReader(body)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://"+c.nodes[node]+path, rd)
-	if err != nil {
-		return nil, 0, err
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return nil, 0, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, maxFrameSize))
-	return b, resp.StatusCode, err
+	return httpDo(ctx, c.http, method, "http://"+c.nodes[node]+path, "", body)
 }
 
 // connect opens a socket on a node other than the last one, resuming with
@@ -349,8 +362,9 @@ func (c *client) connect(ctx context.Context) error {
 		c.node = (c.node + 1 + c.rng.IntN(len(c.nodes)-1)) % len(c.nodes)
 	}
 	url := "ws://" + c.nodes[c.node] + "/api/sessions/" + c.sess.id + "/ws"
-	if s := c.since(); s > 0 {
-		url += "?since=" + strconv.FormatUint(s, 10)
+	since := c.since()
+	if since > 0 {
+		url += "?since=" + strconv.FormatUint(since, 10)
 	}
 	dctx, cancel := context.WithTimeout(ctx, joinTimeout)
 	defer cancel()
@@ -365,6 +379,7 @@ func (c *client) connect(ctx context.Context) error {
 	rctx, rcancel := context.WithCancel(context.Background())
 	cn := &conn{ws: ws, n: c.conns, node: "n" + strconv.Itoa(c.node+1), acks: make(chan frame, 1024), done: make(chan struct{}), cancel: rcancel}
 	c.conns++
+	c.rec.opened(check.Conn{Client: c.id, Conn: cn.n, Node: cn.node, Session: c.sess.id, Since: since, At: time.Now()})
 	first := make(chan string, 1)
 	go c.readLoop(rctx, cn, first)
 	select {
@@ -384,7 +399,8 @@ func (c *client) connect(ctx context.Context) error {
 // player's acks and snapshots to the op loop.
 func (c *client) readLoop(ctx context.Context, cn *conn, first chan<- string) {
 	defer close(cn.done)
-	player := ""
+	defer c.rec.recovered("the reader of client " + strconv.Itoa(c.id))
+	player, joined := "", false
 	for {
 		typ, data, err := cn.ws.Read(ctx)
 		now := time.Now()
@@ -406,8 +422,8 @@ func (c *client) readLoop(ctx context.Context, cn *conn, first chan<- string) {
 		if err := json.Unmarshal(data, &f); err != nil {
 			continue
 		}
-		if player == "" && (f.Type == "snapshot" || f.Type == "resume") {
-			player = f.PlayerID
+		if !joined && (f.Type == "snapshot" || f.Type == "resume") {
+			player, joined = f.PlayerID, true
 			first <- player
 		}
 		// A resume frame's seq is where the replay ends, not a broadcast:
@@ -417,8 +433,12 @@ func (c *client) readLoop(ctx context.Context, cn *conn, first chan<- string) {
 			if typ == "snapshot" {
 				typ = check.TypeSnapshot
 			}
-			c.rec.delivery(check.Delivery{Client: c.id, Conn: cn.n, Node: cn.node, Session: c.sess.id, Seq: f.Seq, PrevSeq: f.PrevSeq,
-				Type: typ, PlayerID: f.PlayerID, ClientSeq: f.ClientSeq, At: now})
+			d := check.Delivery{Client: c.id, Conn: cn.n, Node: cn.node, Session: c.sess.id, Seq: f.Seq, PrevSeq: f.PrevSeq,
+				Type: typ, PlayerID: f.PlayerID, ClientSeq: f.ClientSeq, At: now}
+			if typ == "step_toggled" {
+				d.Value = strconv.FormatBool(string(f.Value) == "true")
+			}
+			c.rec.delivery(d)
 			c.seenSeq(f.Seq)
 		}
 		if f.ClientSeq > 0 && f.PlayerID == player {

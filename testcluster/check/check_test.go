@@ -152,6 +152,18 @@ func TestCheckers(t *testing.T) {
 			dropDelivery(h, 1, 0, 9)
 			delivery(h, 1, 0, 11).PrevSeq = 0
 		}, want: map[string]string{"no-silent-skip": "went from seq 7 to seq 11 on the same connection, skipping broadcast seq 9"}},
+		{name: "silent skip after a resume with since", mutate: func(h *History) {
+			// Conn 1 resumed after seq 9 but got neither seq 11 nor a snapshot.
+			dropDelivery(h, 0, 1, 9)
+			dropDelivery(h, 0, 1, 11)
+			h.Conns = append(h.Conns, Conn{Client: 0, Conn: 1, Node: "n2", Session: "s1", Since: 9, At: at(66)})
+			h.Deliveries = append(h.Deliveries, Delivery{Client: 0, Conn: 1, Node: "n2", Session: "s1", Seq: 12,
+				Type: "tempo_changed", PlayerID: "p1", ClientSeq: 3, At: at(95)})
+		}, want: map[string]string{"no-silent-skip": "went from seq 9 to seq 12 after resuming on conn 1 with since=9, skipping broadcast seq 11"}},
+		{name: "broadcast repeated by a resume", mutate: func(h *History) {
+			h.Deliveries = append(h.Deliveries, Delivery{Client: 1, Conn: 1, Node: "n2", Session: "s1", Seq: 11, PrevSeq: 9,
+				Type: "track_volume_set", PlayerID: "p0", ClientSeq: 2, At: at(120)})
+		}, want: map[string]string{"seq-monotonic": "track_volume_set seq 11 after reconnect, but the client had seen seq 11"}},
 		{name: "silent skip across a 1000 close", mutate: func(h *History) {
 			dropDelivery(h, 0, 0, 9)
 			dropDelivery(h, 0, 1, 9)
@@ -235,6 +247,35 @@ func TestSummary(t *testing.T) {
 	for _, want := range []string{":convergence {:valid? false", ":problems [", ":valid? false}"} {
 		if !strings.Contains(s, want) {
 			t.Errorf("summary lacks %q:\n%s", want, s)
+		}
+	}
+}
+
+// TestResolveUnknown: an unknown op whose broadcast some socket received
+// becomes OK, with the broadcast's seq, time and toggle value; one that no
+// socket saw stays unknown.
+func TestResolveUnknown(t *testing.T) {
+	h := &History{
+		Ops: []Op{
+			{Client: 0, Session: "s1", Kind: KindToggleStep, Key: "k", Invoke: at(0), Complete: at(5000), Outcome: Unknown, PlayerID: "p0", ClientSeq: 4},
+			{Client: 0, Session: "s1", Kind: KindSetTempo, Key: "tempo", Value: "90", Invoke: at(10), Complete: at(5010), Outcome: Unknown, PlayerID: "p0", ClientSeq: 5},
+			{Client: 1, Session: "s1", Kind: KindSetTempo, Key: "tempo", Value: "91", Invoke: at(10), Complete: at(20), Outcome: Unknown, PlayerID: "p1", ClientSeq: 4},
+		},
+		Deliveries: []Delivery{
+			{Client: 1, Session: "s1", Seq: 7, Type: "step_toggled", PlayerID: "p0", ClientSeq: 4, Value: "true", At: at(40)},
+			{Client: 2, Session: "s1", Seq: 7, Type: "step_toggled", PlayerID: "p0", ClientSeq: 4, Value: "true", At: at(30)},
+			{Client: 2, Session: "s2", Seq: 8, Type: "tempo_changed", PlayerID: "p0", ClientSeq: 5, At: at(30)},
+		},
+	}
+	if n := h.ResolveUnknown(); n != 1 {
+		t.Fatalf("resolved %d ops, want 1", n)
+	}
+	if o := h.Ops[0]; o.Outcome != OK || o.Seq != 7 || o.Value != "true" || !o.Complete.Equal(at(30)) {
+		t.Errorf("toggle resolved to %+v, want OK at seq 7, value true, complete at the earliest delivery", o)
+	}
+	for _, o := range h.Ops[1:] {
+		if o.Outcome != Unknown {
+			t.Errorf("op %s %s resolved from another session's or player's broadcast: %+v", o.PlayerID, o.Value, o)
 		}
 	}
 }

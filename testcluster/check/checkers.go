@@ -104,9 +104,10 @@ func LostWrites(h *History) Result {
 }
 
 // SeqMonotonic checks I1 from each client's view: per client and session,
-// over its connections in Conn order, the seq it sees never goes down, and
-// within one connection it strictly rises (log order). A snapshot may repeat
-// the seq just seen. Deliveries with Seq 0 carry no seq and are ignored.
+// over its connections in Conn order, the seq of broadcasts strictly rises
+// (log order, and no broadcast twice, even across a reconnect). Only a
+// snapshot may repeat the seq just seen. Deliveries with Seq 0 carry no seq
+// and are ignored.
 func SeqMonotonic(h *History) Result {
 	r := newResult("seq-monotonic")
 	for _, ds := range byClientSession(h) {
@@ -119,7 +120,7 @@ func SeqMonotonic(h *History) Result {
 			case d.Conn == prevConn && (d.Seq < seen || d.Seq == seen && d.Type != TypeSnapshot):
 				r.fail("client %d conn %d (node %s) session %s: %s seq %d after seq %d on the same connection",
 					d.Client, d.Conn, d.Node, d.Session, d.Type, d.Seq, seen)
-			case d.Conn != prevConn && d.Seq < seen:
+			case d.Conn != prevConn && (d.Seq < seen || d.Seq == seen && d.Type != TypeSnapshot):
 				r.fail("client %d conn %d (node %s) session %s: %s seq %d after reconnect, but the client had seen seq %d",
 					d.Client, d.Conn, d.Node, d.Session, d.Type, d.Seq, seen)
 			}
@@ -328,9 +329,12 @@ func NoDoubleApply(h *History) Result {
 // deliveries. Assumption: the harness records as deliveries with a Seq only
 // broadcasts that go to every socket of the session (and snapshots, typed
 // TypeSnapshot, which restart the chain). Within one connection any gap is a
-// skip. Across a reconnect a gap is a skip only if the earlier connection
-// was not closed with a non-1000 code: such a close tells the client to
-// resume, and what follows is the client's business.
+// skip. Across a reconnect a gap is a skip if the client resumed with
+// ?since= at the last seq it had seen (History.Conns), whatever ended the
+// earlier connection: the server must replay or send a snapshot. Without
+// such a resume, a gap is a skip only if the earlier connection was not
+// closed with a non-1000 code: such a close tells the client to resume, and
+// what follows is the client's business.
 func NoSilentSkip(h *History) Result {
 	r := newResult("no-silent-skip")
 	known := map[string][]uint64{}
@@ -362,6 +366,10 @@ func NoSilentSkip(h *History) Result {
 	for _, c := range h.Closes {
 		closes[connKey{c.Client, c.Conn}] = c
 	}
+	since := map[connKey]uint64{}
+	for _, c := range h.Conns {
+		since[connKey{c.Client, c.Conn}] = c.Since
+	}
 	for _, ds := range byClientSession(h) {
 		for i, d := range ds {
 			r.Counts["deliveries"]++
@@ -372,12 +380,15 @@ func NoSilentSkip(h *History) Result {
 			where := "on the same connection"
 			if d.Conn != prev.Conn {
 				c, closed := closes[connKey{prev.Client, prev.Conn}]
-				if closed && c.Code != 1000 {
+				switch s := since[connKey{d.Client, d.Conn}]; {
+				case s != 0 && s >= prev.Seq:
+					where = fmt.Sprintf("after resuming on conn %d with since=%d", d.Conn, s)
+				case closed && c.Code != 1000:
 					continue
-				}
-				where = fmt.Sprintf("after conn %d ended without a non-1000 close", prev.Conn)
-				if closed {
+				case closed:
 					where = fmt.Sprintf("after conn %d was closed with code 1000", prev.Conn)
+				default:
+					where = fmt.Sprintf("after conn %d ended without a non-1000 close", prev.Conn)
 				}
 			}
 			if d.PrevSeq > prev.Seq {

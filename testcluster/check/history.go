@@ -62,6 +62,10 @@ type Op struct {
 	Outcome  Outcome   `json:"outcome"`
 	// Seq is the seq of the ack (the Raft index of the entry), 0 if none.
 	Seq uint64 `json:"seq,omitempty"`
+	// PlayerID and ClientSeq name a WebSocket op as its broadcast does, so
+	// that ResolveUnknown can find it among the deliveries; empty for HTTP.
+	PlayerID  string `json:"playerId,omitempty"`
+	ClientSeq uint64 `json:"clientSeq,omitempty"`
 }
 
 // IsWrite reports whether o changes its register.
@@ -82,9 +86,22 @@ type Delivery struct {
 	Type    string `json:"type"`
 	// PlayerID and ClientSeq identify the client operation that produced a
 	// broadcast (ClientSeq 0: none, e.g. presence).
-	PlayerID  string    `json:"playerId,omitempty"`
-	ClientSeq uint64    `json:"clientSeq,omitempty"`
-	At        time.Time `json:"at"`
+	PlayerID  string `json:"playerId,omitempty"`
+	ClientSeq uint64 `json:"clientSeq,omitempty"`
+	// Value is a step_toggled broadcast's new value ("true" or "false").
+	Value string    `json:"value,omitempty"`
+	At    time.Time `json:"at"`
+}
+
+// Conn records that a client opened a connection. Since is the seq it asked
+// the server to resume after (?since=), 0 for none.
+type Conn struct {
+	Client  int       `json:"client"`
+	Conn    int       `json:"conn"`
+	Node    string    `json:"node"`
+	Session string    `json:"session"`
+	Since   uint64    `json:"since,omitempty"`
+	At      time.Time `json:"at"`
 }
 
 // Close records that a client's connection was closed, by either side.
@@ -114,6 +131,7 @@ type NodeState struct {
 type History struct {
 	Ops        []Op        `json:"ops"`
 	Deliveries []Delivery  `json:"deliveries"`
+	Conns      []Conn      `json:"conns,omitempty"`
 	Closes     []Close     `json:"closes"`
 	Final      []NodeState `json:"final"`
 	// Initial is each session's register values before the run (session ->
@@ -133,6 +151,45 @@ func Unmarshal(data []byte) (*History, error) {
 		return nil, fmt.Errorf("check: decode history: %w", err)
 	}
 	return &h, nil
+}
+
+// ResolveUnknown turns an Unknown WebSocket op into an OK one when some
+// socket received its broadcast (same session, PlayerID and ClientSeq): the
+// broadcast proves the op was applied, at the broadcast's seq and before the
+// earliest time a socket got it, which becomes its Complete. A toggle takes
+// the value the broadcast carries. It returns how many ops it resolved.
+func (h *History) ResolveUnknown() int {
+	type key struct {
+		session, player string
+		clientSeq       uint64
+	}
+	first := map[key]Delivery{}
+	for _, d := range h.Deliveries {
+		if d.ClientSeq == 0 || d.Seq == 0 || d.Type == TypeSnapshot {
+			continue
+		}
+		k := key{d.Session, d.PlayerID, d.ClientSeq}
+		if f, ok := first[k]; !ok || d.At.Before(f.At) {
+			first[k] = d
+		}
+	}
+	n := 0
+	for i := range h.Ops {
+		o := &h.Ops[i]
+		if o.Outcome != Unknown || o.PlayerID == "" || o.ClientSeq == 0 {
+			continue
+		}
+		d, ok := first[key{o.Session, o.PlayerID, o.ClientSeq}]
+		if !ok {
+			continue
+		}
+		o.Outcome, o.Seq, o.Complete = OK, d.Seq, d.At
+		if o.Kind == KindToggleStep {
+			o.Value = d.Value
+		}
+		n++
+	}
+	return n
 }
 
 func (h *History) initial(session, key string) string {
