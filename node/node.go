@@ -39,7 +39,7 @@ type Node struct {
 	// leader changes, so that a forward to a leader that froze or lost its
 	// place gives up at once instead of at its deadline.
 	leaderMoved atomic.Pointer[chan struct{}]
-	observer *raft.Observer
+	observer    *raft.Observer
 
 	readyTerm atomic.Uint64 // the term in which this leader committed its barrier
 	caughtUp  atomic.Bool   // applied at least the commit index seen after start
