@@ -178,6 +178,17 @@ func (n *Node) serveMember(ctx context.Context, req []byte) error {
 	if err := json.Unmarshal(req, &m); err != nil {
 		return &transport.RPCError{Code: codeBadInput, Msg: "malformed member change"}
 	}
+	if m.Remove && m.ID == n.cfg.ID {
+		// A leader that removes itself shuts its raft down as soon as the
+		// change commits, so it could neither answer nor drop its own
+		// players. Hand leadership over instead; the caller's retry reaches
+		// the new leader, which removes this node.
+		if err := n.await(ctx, n.raft.LeadershipTransfer()); err != nil {
+			return leaderRPCErr(raftErr(err))
+		}
+		n.log.Info("handed leadership over before being removed")
+		return leaderRPCErr(&retryError{ErrNotLeader})
+	}
 	var f raft.IndexFuture
 	switch {
 	case m.Remove:

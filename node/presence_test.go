@@ -1,6 +1,7 @@
 package node_test
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -152,4 +153,41 @@ func TestRemovedMemberPlayersDropped(t *testing.T) {
 	if !hasPlayer(ln, s, playerID(1)) {
 		t.Fatal("the leader's own player was dropped")
 	}
+}
+
+// TestRemoveLeaderItself removes the leader through the leader: it hands
+// leadership over first, so the removal completes promptly, the others go
+// on as two, and the removed node's player is dropped.
+func TestRemoveLeaderItself(t *testing.T) {
+	c := testcluster.New(t, testcluster.Options{FirstIP: 246})
+	ctx := testcluster.Context(t, time.Minute)
+	leader, followers := waitFollowers(t, c)
+	settle(t, c, waitLong)
+	ln := c.Members[leader].Node()
+	s := sessionID(1)
+	createSession(t, ctx, ln, s)
+	joinPlayer(t, ctx, ln, s, playerID(1))
+	joinPlayer(t, ctx, c.Members[followers[0]].Node(), s, playerID(2))
+	rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if err := ln.RemoveMember(rctx, ln.ID()); err != nil {
+		t.Fatalf("remove the leader %s through itself: %v", ln.ID(), err)
+	}
+	next := c.WaitLeader(waitMid, followers...)
+	nn := c.Members[next].Node()
+	testcluster.Eventually(t, waitMid, func() error {
+		for _, f := range followers {
+			if ms := c.Members[f].Node().Status().Members; len(ms) != 2 {
+				return fmt.Errorf("%s lists %d members", c.Members[f].ID, len(ms))
+			}
+		}
+		if hasPlayer(nn, s, playerID(1)) {
+			return fmt.Errorf("the removed leader's player is still in the session")
+		}
+		return nil
+	})
+	if !hasPlayer(nn, s, playerID(2)) {
+		t.Fatal("a remaining node's player was dropped")
+	}
+	submit(t, ctx, nn, setTempo(s, playerID(2), 99), fsm.StatusOK)
 }
