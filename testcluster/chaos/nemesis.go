@@ -346,6 +346,34 @@ func (n *nemesis) leader(ctx context.Context) (int, error) {
 	return leader, err
 }
 
+// leaderExcept waits until the running nodes other than skip agree on a
+// leader and returns it.
+func (n *nemesis) leaderExcept(ctx context.Context, skip int) (int, error) {
+	leader := -1
+	err := until(ctx, leaderWithin, func() error {
+		agreed := ""
+		for j, node := range n.p.Nodes {
+			if j == skip || !n.p.Running(j) {
+				continue
+			}
+			st, err := n.p.Status(ctx, j)
+			if err != nil {
+				return err
+			}
+			if st.Leader.ID == "" || agreed != "" && st.Leader.ID != agreed {
+				return fmt.Errorf("%s follows %q, others %q", node.ID, st.Leader.ID, agreed)
+			}
+			agreed = st.Leader.ID
+		}
+		leader = slices.IndexFunc(n.p.Nodes, func(p *testcluster.Proc) bool { return p.ID == agreed && agreed != "" })
+		if leader < 0 || leader == skip {
+			return fmt.Errorf("the leader %q is not one of the other nodes", agreed)
+		}
+		return nil
+	})
+	return leader, err
+}
+
 // target returns the node a kill or pause aims at: the leader or a random
 // node, as pk says, and a label that says whether it leads.
 func (n *nemesis) target(ctx context.Context, pk pick) (int, string) {
@@ -489,7 +517,8 @@ func (n *nemesis) member(ctx context.Context, pk pick, detail func(string)) (fun
 // empty and added through via (-1: the leader). It then waits until every
 // node lists every member. The caller holds opMu.
 func (n *nemesis) readd(ctx context.Context, i, via int) error {
-	leader, err := n.leader(ctx)
+	// Node i may still run after its removal, leaderless: ask the others.
+	leader, err := n.leaderExcept(ctx, i)
 	if err != nil {
 		return err
 	}
