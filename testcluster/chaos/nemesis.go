@@ -388,7 +388,24 @@ func (n *nemesis) target(ctx context.Context, pk pick) (int, string) {
 	return i, n.p.Nodes[i].ID
 }
 
+// kill SIGKILLs the leader or a random node, or one time in five every
+// node at once: acknowledged writes must survive a restart of the whole
+// cluster too (I5).
 func (n *nemesis) kill(ctx context.Context, pk pick, detail func(string)) (func(context.Context) error, error) {
+	if pk.n%5 == 4 {
+		detail("kill all")
+		var errs []error
+		for i := range n.p.Nodes {
+			errs = append(errs, n.p.Kill(i))
+		}
+		return func(context.Context) error {
+			var errs []error
+			for i := range n.p.Nodes {
+				errs = append(errs, n.p.Start(i))
+			}
+			return errors.Join(errs...)
+		}, errors.Join(errs...)
+	}
 	i, label := n.target(ctx, pk)
 	detail("kill " + label)
 	// Start also restarts a node that had exited by itself.

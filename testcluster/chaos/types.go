@@ -11,7 +11,7 @@ import (
 
 // The nemesis kinds, as named on the command line (--nemesis).
 const (
-	NemKill      = "kill"      // SIGKILL a node (any, or the leader), restart it later
+	NemKill      = "kill"      // SIGKILL a node (any, or the leader) or all of them, restart later
 	NemPause     = "pause"     // SIGSTOP a node (any, or the leader), SIGCONT later
 	NemPartition = "partition" // iptables: minority/majority, isolate the leader, ring
 	NemTransfer  = "transfer"  // leadership transfer through the admin API
