@@ -17,6 +17,11 @@ import (
 //
 // Expected failures (unknown session, published session, a full room, a
 // mutation whose preconditions fail) are Result statuses.
+//
+// Every op (op ID) is applied once, answered as a duplicate of its first
+// result, or refused with StatusTooOld: never applied twice (I6; the rule is
+// at OpRetention). Touch, node_epoch and reap_node are idempotent instead, and
+// a retried delete is answered from the tombstones.
 func (s *State) Apply(index uint64, c Command) (Result, []Event) {
 	if index <= s.index {
 		panic(fmt.Sprintf("fsm: apply index %d after %d", index, s.index))
@@ -50,36 +55,51 @@ func (s *State) Apply(index uint64, c Command) (Result, []Event) {
 	}
 }
 
-// begin looks up the target session and answers a retried op from the window.
-// When done is false the caller goes on with a writable session (nil if it
-// does not exist).
-func (s *State) begin(id string, op OpID) (sess *Session, res Result, done bool) {
-	cur := s.Session(id)
+// begin looks up the target session and answers an op it may have applied
+// before (see recall). When done is false the caller goes on with a writable
+// session (nil if it does not exist).
+func (s *State) begin(index uint64, c Command) (sess *Session, res Result, done bool) {
+	cur := s.Session(c.Session)
 	if cur == nil {
 		return nil, Result{}, false
 	}
-	if e, ok := cur.ops.find(op); ok {
-		return nil, Result{Status: e.status, Index: e.index, Duplicate: true}, true
+	if res, ok := recall(cur, index, c); ok {
+		return nil, res, true
 	}
-	return s.writable(id), Result{}, false
+	return s.writable(c.Session), Result{}, false
+}
+
+// recall answers the op c if sess may have applied it before: from the op
+// window, as a duplicate of the recorded result; or, when it is not there but
+// is no newer than what has left the window, as StatusTooOld, because it may be
+// a retry whose record is gone (I6; see OpRetention). Neither changes
+// anything, not even MaxAt.
+func recall(sess *Session, index uint64, c Command) (Result, bool) {
+	if e, ok := sess.ops.find(c.Op); ok {
+		return Result{Status: e.status, Index: e.index, Duplicate: true}, true
+	}
+	if sess.ops.tooOld(c.At) {
+		return Result{Status: StatusTooOld, Index: index}, true
+	}
+	return Result{}, false
 }
 
 // finish records the op and its result in the session's window.
 func finish(sess *Session, c Command, index uint64, st Status) Result {
-	if sess.ops == nil {
-		sess.ops = &opWindow{}
-	}
-	sess.ops.add(opEntry{op: c.Op, status: st, index: index})
 	if c.At > sess.MaxAt {
 		sess.MaxAt = c.At
 	}
+	if sess.ops == nil {
+		sess.ops = &opWindow{}
+	}
+	sess.ops.add(opEntry{op: c.Op, status: st, index: index, at: c.At}, sess.MaxAt)
 	return Result{Status: st, Index: index}
 }
 
 func (s *State) create(index uint64, c Command) Result {
 	if existing := s.Session(c.Session); existing != nil {
-		if e, ok := existing.ops.find(c.Op); ok {
-			return Result{Status: e.status, Index: e.index, Duplicate: true}
+		if res, ok := recall(existing, index, c); ok {
+			return res
 		}
 		return Result{Status: StatusExists, Index: index}
 	}
@@ -107,7 +127,7 @@ func (s *State) create(index uint64, c Command) Result {
 }
 
 func (s *State) replaceState(index uint64, c Command) Result {
-	sess, res, done := s.begin(c.Session, c.Op)
+	sess, res, done := s.begin(index, c)
 	switch {
 	case done:
 		return res
@@ -132,7 +152,7 @@ func (s *State) replaceState(index uint64, c Command) Result {
 }
 
 func (s *State) rename(index uint64, c Command) Result {
-	sess, res, done := s.begin(c.Session, c.Op)
+	sess, res, done := s.begin(index, c)
 	switch {
 	case done:
 		return res
@@ -152,8 +172,9 @@ func (s *State) rename(index uint64, c Command) Result {
 // copySession is remix and publish: a new session from the live state of the source.
 func (s *State) copySession(index uint64, c Command) Result {
 	if existing := s.Session(c.Target); existing != nil {
-		if e, ok := existing.ops.find(c.Op); ok {
-			return Result{Status: e.status, Index: e.index, Duplicate: true}
+		// The target's window holds the remix or publish that made it.
+		if res, ok := recall(existing, index, c); ok {
+			return res
 		}
 		return Result{Status: StatusExists, Index: index}
 	}
@@ -204,7 +225,7 @@ func (s *State) deleteSession(index uint64, c Command) (Result, []Event) {
 			return Result{Status: StatusOK, Index: t.index, Duplicate: true}, nil
 		}
 	}
-	sess, res, done := s.begin(c.Session, c.Op)
+	sess, res, done := s.begin(index, c)
 	switch {
 	case done:
 		return res, nil
@@ -228,7 +249,7 @@ func (s *State) touch(index uint64, c Command) Result {
 }
 
 func (s *State) applyMutation(index uint64, c Command) (Result, []Event) {
-	sess, res, done := s.begin(c.Session, c.Op)
+	sess, res, done := s.begin(index, c)
 	switch {
 	case done:
 		return res, nil
@@ -373,7 +394,7 @@ func (st *SessionState) mutate(c Command) (ev *Event, ok bool) {
 }
 
 func (s *State) playerJoin(index uint64, c Command) (Result, []Event) {
-	sess, res, done := s.begin(c.Session, c.Op)
+	sess, res, done := s.begin(index, c)
 	switch {
 	case done:
 		return res, nil
@@ -406,7 +427,7 @@ func (s *State) playerJoin(index uint64, c Command) (Result, []Event) {
 }
 
 func (s *State) presence(index uint64, c Command) (Result, []Event) {
-	sess, res, done := s.begin(c.Session, c.Op)
+	sess, res, done := s.begin(index, c)
 	switch {
 	case done:
 		return res, nil

@@ -874,7 +874,7 @@ func TestApplyDuplicateOp(t *testing.T) {
 				tt.setup(r)
 			}
 			c := tt.cmd
-			c.Op = OpID{0xd0, 0x0d}
+			c.Op, c.At = OpID{0xd0, 0x0d}, rigAt(r.index+1)
 			first, firstEvs := r.apply(c)
 			if first != (Result{Status: tt.want, Index: r.index}) {
 				t.Fatalf("first apply = %+v, want %s", first, tt.want)
@@ -887,8 +887,7 @@ func TestApplyDuplicateOp(t *testing.T) {
 			r.must(StatusNotJoined, Command{Kind: KindSetTempo, Session: "other", Player: "nobody", Number: 90})
 			body := r.snapshotBody()
 
-			c.At = rigAt(r.index + 1) // a retry is stamped again
-			res, evs := r.apply(c)
+			res, evs := r.apply(c) // the same At: node.Submit stamps it once for every attempt
 			if want := (Result{Status: first.Status, Index: first.Index, Duplicate: true}); res != want {
 				t.Fatalf("retry = %+v, want %+v", res, want)
 			}
@@ -905,28 +904,192 @@ func TestApplyDuplicateOp(t *testing.T) {
 	}
 }
 
-func TestApplyOpWindowIsBounded(t *testing.T) {
+// rigToggleX is the op whose retries the op window tests follow: toggle step 3
+// of t1 (off in rigBaseState), proposed at at.
+func rigToggleX(at int64) Command {
+	return rigMut(KindToggleStep, Command{TrackID: "t1", Step: 3, Op: OpID{0xee}, At: at})
+}
+
+// tooOld applies c (whose At must be set) and fails unless it is refused with
+// StatusTooOld, without events and without changing the state, MaxAt included.
+func (r *cmdRig) tooOld(c Command) {
+	r.tb.Helper()
+	body := r.snapshotBody()
+	var sess []byte
+	if s := r.s.Session(c.Session); s != nil {
+		sess = s.AppendSnapshot(nil)
+	}
+	res, evs := r.apply(c)
+	if res != (Result{Status: StatusTooOld, Index: r.index}) || len(evs) != 0 {
+		r.tb.Fatalf("%s at %d (At %d): got %+v and %d events, want too_old", c.Kind, r.index, c.At, res, len(evs))
+	}
+	if s := r.s.Session(c.Session); s == nil || !bytes.Equal(s.AppendSnapshot(nil), sess) || !bytes.Equal(r.snapshotBody(), body) {
+		r.tb.Fatalf("%s refused as too old changed the state", c.Kind)
+	}
+}
+
+// dupOf applies c and fails unless it is answered as the duplicate of first,
+// without events and without changing the state.
+func (r *cmdRig) dupOf(c Command, first Result) {
+	r.tb.Helper()
+	body := r.snapshotBody()
+	if res, evs := r.apply(c); res != (Result{Status: first.Status, Index: first.Index, Duplicate: true}) || len(evs) != 0 {
+		r.tb.Fatalf("retry of %s at %d: got %+v and %d events, want the duplicate of %+v", c.Kind, r.index, res, len(evs), first)
+	}
+	if !bytes.Equal(r.snapshotBody(), body) {
+		r.tb.Fatalf("retry of %s changed the state", c.Kind)
+	}
+}
+
+// TestApplyOpWindowKeepsRetries: a retry (same op ID, same At) is answered
+// from the window however many ops of the session came between, as long as
+// they are fewer than OpWindowMax and within OpRetention of it: the toggle
+// flips once.
+func TestApplyOpWindowKeepsRetries(t *testing.T) {
+	for _, later := range []int{64, 65, 3000, OpWindowMax - 3} { // the window also holds create and join
+		t.Run(strconv.Itoa(later), func(t *testing.T) {
+			r := newJoinedRig(t, "")
+			t0 := rigAt(r.index + 1)
+			x := rigToggleX(t0)
+			first, evs := r.apply(x)
+			if first.Status != StatusOK || len(evs) != 1 || !evs[0].Flag {
+				t.Fatalf("first apply = %+v, events %v", first, rigEventJSONs(evs))
+			}
+			for i := range later {
+				at := t0 + int64(i+1)*(OpRetention-3000)/int64(later) // create and join, 2 s before x, stay too
+				r.must(StatusOK, rigMut(KindSetTempo, Command{Number: float64(60 + i%100), At: at}))
+			}
+			r.dupOf(x, first)
+			if w := r.sess(rigSID).ops; w.len() != later+3 || w.dropped {
+				t.Fatalf("window holds %d entries (dropped %v), want %d and none dropped", w.len(), w.dropped, later+3)
+			}
+			if !r.sess(rigSID).State.Tracks[0].Step(3) {
+				t.Fatal("step 3 is off: x was applied twice")
+			}
+		})
+	}
+}
+
+// TestApplyOpWindowExpires: an entry stays while the session's MaxAt is at
+// most OpRetention past its At, and leaves with the first op beyond. A retry
+// is then refused as too old, as is any new op no newer than what left; a
+// newer op is applied.
+func TestApplyOpWindowExpires(t *testing.T) {
 	r := newJoinedRig(t, "")
-	x := rigMut(KindToggleStep, Command{TrackID: "t1", Step: 3, Op: OpID{0xee}})
+	t0 := rigAt(r.index + 1)
+	x := rigToggleX(t0)
 	first, _ := r.apply(x)
-	if first.Status != StatusOK {
-		t.Fatalf("first apply = %+v", first)
+	r.must(StatusOK, rigMut(KindSetTempo, Command{Number: 90, At: t0 + OpRetention}))
+	r.dupOf(x, first)
+	w := r.sess(rigSID).ops
+	if _, ok := w.find(x.Op); !ok || w.horizon != rigAt(2) {
+		t.Fatalf("x left early, or the horizon %d is not the join's At %d", w.horizon, rigAt(2))
 	}
-	for i := range OpWindow - 1 {
-		r.must(StatusOK, rigMut(KindSetTempo, Command{Number: float64(100 + i)}))
+
+	r.must(StatusOK, rigMut(KindSetTempo, Command{Number: 91, At: t0 + OpRetention + 1}))
+	w = r.sess(rigSID).ops
+	if _, ok := w.find(x.Op); ok || !w.dropped || w.horizon != t0 || w.len() != 2 {
+		t.Fatalf("after MaxAt passed x's At + OpRetention: x still there or horizon %d (dropped %v, %d entries), want %d", w.horizon, w.dropped, w.len(), t0)
 	}
-	if res, evs := r.apply(x); res != (Result{Status: StatusOK, Index: first.Index, Duplicate: true}) || len(evs) != 0 {
-		t.Fatalf("after %d later ops: got %+v and %d events, want the duplicate of %+v", OpWindow-1, res, len(evs), first)
+	r.tooOld(x)
+	if !r.sess(rigSID).State.Tracks[0].Step(3) {
+		t.Fatal("step 3 is off: x was applied twice")
 	}
-	r.must(StatusOK, rigMut(KindSetTempo, Command{Number: 90})) // the OpWindow-th later op pushes x out
-	evs := r.must(StatusOK, x)
-	if len(evs) != 1 || evs[0].Type != EventStepToggled || evs[0].Flag {
-		t.Fatalf("re-applied x emitted %v, want step 3 toggled back off", rigEventJSONs(evs))
+	r.tooOld(rigMut(KindToggleStep, Command{TrackID: "t1", Step: 5, At: t0})) // a new op, as old as x
+	if evs := r.must(StatusOK, rigMut(KindToggleStep, Command{TrackID: "t1", Step: 5, At: t0 + 1})); len(evs) != 1 {
+		t.Fatalf("a new op newer than the horizon emitted %v", rigEventJSONs(evs))
 	}
-	// A fresh op with the same content is a new operation, never a duplicate.
-	x.Op = OpID{0xef}
-	if evs := r.must(StatusOK, x); len(evs) != 1 || !evs[0].Flag {
-		t.Fatalf("fresh op emitted %v, want step 3 toggled on", rigEventJSONs(evs))
+	// A refused op is not recorded: refused again, for the same reason.
+	r.tooOld(x)
+}
+
+// TestApplyTooOldEveryPath: wherever the window is consulted (the begin of
+// every session command, create of an existing id, remix and publish onto an
+// existing target), an op at or below the horizon that is not in the window
+// is refused and changes nothing; a delete does not delete.
+func TestApplyTooOldEveryPath(t *testing.T) {
+	r := newJoinedRig(t, "")
+	r.create("other", "")
+	t0 := rigAt(r.index + 1)
+	r.apply(rigToggleX(t0))
+	r.must(StatusOK, rigMut(KindSetTempo, Command{Number: 90, At: t0 + 50}))
+	y := rigMut(KindSetTempo, Command{Number: 80, At: t0 - 100, Op: OpID{0xab}}) // from a node whose clock lags
+	firstY, _ := r.apply(y)
+	// x leaves; the entry after it is recent, so y stays although it is older.
+	r.must(StatusOK, rigMut(KindSetTempo, Command{Number: 91, At: t0 + OpRetention + 1}))
+	if w := r.sess(rigSID).ops; w.horizon != t0 || w.len() != 3 {
+		t.Fatalf("horizon %d with %d entries, want %d with 3", w.horizon, w.len(), t0)
+	}
+	for _, c := range []Command{
+		rigToggleX(t0),
+		rigMut(KindSetTempo, Command{Number: 100}),
+		{Kind: KindReplaceState, Session: rigSID, State: json.RawMessage(`{"tempo":99}`)},
+		{Kind: KindRename, Session: rigSID, Name: rigPtr("Old")},
+		{Kind: KindPlayerJoin, Session: rigSID, Player: "p2", Node: rigNode, Epoch: rigEpoch},
+		rigMut(KindPlayerLeave, Command{}),
+		rigMut(KindPlaybackStart, Command{}),
+		{Kind: KindDelete, Session: rigSID},
+		{Kind: KindCreate, Session: rigSID, Target: rigSID},
+		{Kind: KindRemix, Session: "other", Target: rigSID},
+		{Kind: KindPublish, Session: "other", Target: rigSID},
+	} {
+		if c.At == 0 {
+			c.At = t0 - 5
+		}
+		r.tooOld(c)
+	}
+	// What is in the window is a duplicate, whatever its At.
+	r.dupOf(y, firstY)
+}
+
+// TestApplyOpWindowCap: the window never holds more than OpWindowMax entries;
+// past it the oldest leaves, however recent, and raises the horizon.
+func TestApplyOpWindowCap(t *testing.T) {
+	r := newJoinedRig(t, "")
+	t0 := rigAt(r.index + 1)
+	x := rigToggleX(t0)
+	first, _ := r.apply(x)
+	at := func(i int) int64 { return t0 + 1 + int64(i) } // all well within OpRetention
+	for i := range OpWindowMax - 3 {                     // create, join and x are in the window too
+		r.must(StatusOK, rigMut(KindSetSwing, Command{Number: float64(i % 100), At: at(i)}))
+	}
+	w := r.sess(rigSID).ops
+	if w.len() != OpWindowMax || w.dropped {
+		t.Fatalf("%d entries, dropped %v; want a full window, nothing dropped", w.len(), w.dropped)
+	}
+	r.dupOf(x, first)
+
+	r.must(StatusOK, rigMut(KindSetSwing, Command{Number: 1, At: at(OpWindowMax)})) // create leaves
+	r.must(StatusOK, rigMut(KindSetSwing, Command{Number: 2, At: at(OpWindowMax)})) // join leaves
+	r.dupOf(x, first)
+	r.must(StatusOK, rigMut(KindSetSwing, Command{Number: 3, At: at(OpWindowMax)})) // x leaves
+	w = r.sess(rigSID).ops
+	if _, ok := w.find(x.Op); ok || w.len() != OpWindowMax || len(w.ring) != OpWindowMax || w.horizon != t0 {
+		t.Fatalf("x found %v, %d entries in a ring of %d, horizon %d; want x gone, a full window, horizon %d", ok, w.len(), len(w.ring), w.horizon, t0)
+	}
+	r.tooOld(x)
+	r.must(StatusOK, rigMut(KindSetSwing, Command{Number: 4, At: at(OpWindowMax)})) // the first swing leaves
+	if w := r.sess(rigSID).ops; w.horizon != at(0) {
+		t.Fatalf("horizon %d, want the first swing's At %d", w.horizon, at(0))
+	}
+	r.tooOld(rigMut(KindSetSwing, Command{Number: 5, At: at(0)}))
+	r.must(StatusOK, rigMut(KindSetSwing, Command{Number: 5, At: at(0) + 1}))
+}
+
+// TestApplyOpWindowShrinks: once a burst's entries expire, the window's ring
+// shrinks with the next op.
+func TestApplyOpWindowShrinks(t *testing.T) {
+	r := newJoinedRig(t, "")
+	t0 := rigAt(r.index + 1)
+	for i := range 1000 {
+		r.must(StatusOK, rigMut(KindSetSwing, Command{Number: float64(i % 100), At: t0 + int64(i)}))
+	}
+	if n := len(r.sess(rigSID).ops.ring); n < 1000 {
+		t.Fatalf("ring of %d for 1002 entries", n)
+	}
+	r.must(StatusOK, rigMut(KindSetSwing, Command{Number: 1, At: t0 + 1000 + OpRetention}))
+	if w := r.sess(rigSID).ops; w.len() != 1 || len(w.ring) > 4 || w.horizon != t0+999 {
+		t.Fatalf("%d entries in a ring of %d, horizon %d; want 1 in a small ring, horizon %d", w.len(), len(w.ring), w.horizon, t0+999)
 	}
 }
 

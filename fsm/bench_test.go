@@ -22,10 +22,16 @@ import (
 const (
 	benchNode  = "node-1"
 	benchEpoch = 1
-	// benchLive has the five bench players, a full resume history and a full op window.
+	// benchLive has the five bench players, a full resume history and a full
+	// op window (OpWindowMax entries, as in a session whose ops come faster
+	// than OpWindowMax per OpRetention).
 	benchLive = "5f0c6a7e-2b1d-4c3a-9e8f-00000000000a"
 	// benchIdle has no players and a full op window.
 	benchIdle = "5f0c6a7e-2b1d-4c3a-9e8f-00000000000b"
+	// benchEdits is how many edits the edited and active sessions of
+	// BenchmarkResidentBytes had within OpRetention, so their op window holds
+	// all of them.
+	benchEdits = 64
 	// benchChunk is how many commands a pooled kind prepares per timer stop.
 	benchChunk = 512
 )
@@ -182,8 +188,10 @@ func (a *benchApplier) toggle(session string, i int) Command {
 }
 
 // newBenchFixture is the state every BenchmarkApply case starts from: benchLive
-// (8 tracks, 6 locks, 5 players, 256-event history and 64-op window full) and
-// benchIdle (the same state, no players, op window full).
+// (8 tracks, 6 locks, 5 players, 256-event history and OpWindowMax-op window
+// full) and benchIdle (the same state, no players, op window full). Proposer
+// times are 1 ms apart, so nothing leaves a window by age: the window is at its
+// cap, and every new op is looked up among OpWindowMax.
 func newBenchFixture(tb testing.TB) *benchApplier {
 	tb.Helper()
 	a := newBenchApplier()
@@ -191,11 +199,11 @@ func newBenchFixture(tb testing.TB) *benchApplier {
 	a.join(tb, benchLive, benchPlayers[:])
 	// Toggle each step an even number of times: the history and op window fill
 	// and the pattern ends where it began.
-	for i := 0; i < 2*HistoryLen; i++ {
+	for i := 0; i < max(2*HistoryLen, OpWindowMax); i++ {
 		a.must(tb, a.toggle(benchLive, i/2))
 	}
 	a.create(tb, benchIdle, "Sunday sketch", benchStateJSON(1))
-	for i := 0; i < OpWindow; i++ {
+	for i := 0; i < OpWindowMax; i++ {
 		name := "Sunday sketch"
 		a.must(tb, Command{Kind: KindRename, Session: benchIdle, Name: &name})
 	}
@@ -203,10 +211,18 @@ func newBenchFixture(tb testing.TB) *benchApplier {
 }
 
 // dup puts a copy of session from under the id to, as if it had lived the same
-// history: same tracks, players, resume history and op window.
+// history: same tracks, players, resume history and op window, though only the
+// window's newest benchEdits entries. A pool prepares hundreds of copies per
+// chunk: whole windows at the cap (176 KiB each) would have the timed loop
+// pay for collecting them.
 func (a *benchApplier) dup(from, to string) *Session {
-	c := a.s.Session(from).clone()
+	src := a.s.Session(from)
+	c := src.clone()
 	c.ID = to
+	c.ops = &opWindow{}
+	for i := max(src.ops.len()-benchEdits, 0); i < src.ops.len(); i++ {
+		c.ops.add(src.ops.entry(i), c.MaxAt)
+	}
 	a.s.put(c)
 	return c
 }
@@ -422,7 +438,8 @@ func BenchmarkDecodeApply(b *testing.B) {
 				for j := range entries {
 					c := a.toggle(benchLive, i+j)
 					c.Op = a.nextOp()
-					c.At = a.at + int64(j)
+					a.at++ // later than every op before, so never too old
+					c.At = a.at
 					var err error
 					if entries[j], err = Encode(c); err != nil {
 						b.Fatal(err)
@@ -521,8 +538,11 @@ func BenchmarkSnapshot(b *testing.B) {
 		benchSink = nil
 	})
 	// The first write after a Clone copies the written session's shard map
-	// (about 390 sessions at 100k) and the session itself. It runs on a clone
-	// of the base, which shares every shard with it, so the base stays as built.
+	// (about 390 sessions at 100k) and the session itself, op window
+	// included: the loop's toggles come 1 ms apart, so after OpWindowMax of
+	// them the window is at its cap (160 KiB of entries, 16 KiB of index). It
+	// runs on a clone of the base, which shares every shard with it, so the
+	// base stays as built.
 	b.Run("CloneThenApply", func(b *testing.B) {
 		w := *base
 		w.s = base.s.Clone()
@@ -553,8 +573,11 @@ func benchHeap() uint64 {
 //
 //   - typical: created with 8 tracks and 6 locks, never joined (also
 //     restored-B/session: the same state after a snapshot round trip);
-//   - edited: typical, then 64 edits by one player who left (op window full, no room);
-//   - active: 5 players, 2 of them playing, 256-event history and op window full.
+//   - edited: typical, then 64 edits by one player who left (all in the op
+//     window, no room);
+//   - active: 5 players, 2 of them playing, 256-event history, and 320 ops in
+//     the op window. (A session at the window's cap holds OpWindowMax entries
+//     of 40 B, 160 KiB.)
 func BenchmarkResidentBytes(b *testing.B) {
 	benchSnapBase.a, benchSnapBase.snap = nil, nil // not needed any more: let it go before measuring
 	b.Run("typical", func(b *testing.B) {
@@ -594,7 +617,7 @@ func BenchmarkResidentBytes(b *testing.B) {
 			for i := 0; i < n; i++ {
 				id := benchSessionID(i)
 				a.join(b, id, benchPlayers[:1])
-				for j := 0; j < OpWindow; j++ {
+				for j := 0; j < benchEdits; j++ {
 					a.must(b, a.toggle(id, 5*j)) // player 0 only
 				}
 				a.must(b, Command{Kind: KindPlayerLeave, Session: id, Player: benchPlayers[0]})
@@ -615,7 +638,7 @@ func BenchmarkResidentBytes(b *testing.B) {
 			for i := 0; i < n; i++ {
 				id := benchSessionID(i)
 				a.join(b, id, benchPlayers[:])
-				for j := 0; j < HistoryLen+OpWindow; j++ {
+				for j := 0; j < HistoryLen+benchEdits; j++ {
 					c := a.toggle(id, j)
 					switch j % 10 {
 					case 3:

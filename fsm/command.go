@@ -284,9 +284,13 @@ const (
 	StatusNotJoined        // the player is not in the session
 	StatusStaleEpoch       // the node incarnation is older than the replicated one, or was reaped
 	StatusInvalid          // the payload cannot be read
+	// StatusTooOld: not applied. The op is older than what the session
+	// remembers of its ops, so it may be a retry of an op applied before
+	// (see OpRetention); whether it ever took effect is unknown to the caller.
+	StatusTooOld
 )
 
-var statusNames = [...]string{"ok", "ignored", "not_found", "exists", "published", "already_published", "full", "not_joined", "stale_epoch", "invalid"}
+var statusNames = [...]string{"ok", "ignored", "not_found", "exists", "published", "already_published", "full", "not_joined", "stale_epoch", "invalid", "too_old"}
 
 func (s Status) String() string {
 	if int(s) < len(statusNames) {

@@ -1,6 +1,9 @@
 package fsm
 
-import "strconv"
+import (
+	"encoding/binary"
+	"strconv"
+)
 
 // EventType is the server message an event becomes (PROTOCOL.md §3.3).
 type EventType uint8
@@ -239,47 +242,222 @@ func (r eventRing) clone() eventRing {
 	return eventRing{buf: append([]*Event(nil), r.buf...), start: r.start}
 }
 
-// OpWindow is how many recent op IDs each session remembers. A retry comes
-// within one request deadline of its original, while writes to the session are
-// blocked by the same election that caused the retry, so a small window covers it.
-const OpWindow = 64
+// Op IDs and I6. Every op is applied once, or answered as a duplicate of its
+// recorded result, or refused as too old (StatusTooOld, nothing changes):
+// never applied twice.
+//
+// A session records each op it applies (whatever its status) with the
+// command's At. An entry leaves the window oldest first, in apply order, once
+// its At is more than OpRetention behind the session's MaxAt, or when the
+// window already holds OpWindowMax entries. The window's horizon is the
+// largest At of any entry that has left. An op that is not in the window but
+// whose At is at or below the horizon may be a retry of one that left, so it is
+// refused. This is sound because a retry carries the At of its first attempt
+// (node.Submit stamps At once, before the first attempt), and the horizon
+// only grows. Entries are in apply order, not strictly in At order (clocks of
+// nodes differ, a forward may be slow), so pruning from the oldest end keeps
+// some entries longer than it must: that only costs memory.
+//
+// The price: a new op whose At is at or below the horizon, that is one stamped
+// by a node whose clock lags the session's other proposers by more than
+// OpRetention, or more than the time OpWindowMax ops took, is refused as well.
+
+// OpRetention is how long, in proposer milliseconds, a session remembers an op
+// ID: an entry is kept at least while its At is no more than OpRetention behind
+// the session's MaxAt (unless OpWindowMax evicts it first). It must exceed the
+// longest time a proposer retries one op, node.Config.SubmitTimeout and every
+// request deadline that bounds node.Submit (10 s by default), plus the clock
+// skew between nodes; a retry that comes later is refused with StatusTooOld
+// rather than answered as a duplicate, which is safe but unhelpful.
+const OpRetention = 60_000
+
+// OpWindowMax bounds the entries of one session's window whatever their age, so
+// that a session flooded with ops keeps bounded memory (40 B an entry). At
+// that rate an op is remembered for less than OpRetention; an older retry is
+// refused with StatusTooOld.
+const OpWindowMax = 4096
+
+// opIndexMin is the smallest ring that keeps a hash index: a scan of a
+// smaller one costs less than a lookup.
+const opIndexMin = 64
 
 type opEntry struct {
 	op     OpID
 	status Status
 	index  uint64
+	at     int64 // the command's At
 }
 
-// opWindow remembers the last OpWindow op IDs applied to a session.
+// opWindow remembers the recent op IDs applied to a session (see OpRetention),
+// in a ring, oldest first from start. A ring of opIndexMin or more also keeps
+// an index, so that a lookup does not scan thousands of entries on every
+// apply: open addressing with linear probing over twice as many slots, each
+// 0 (empty) or a ring position + 1. Neither the ring's size nor the index
+// decides anything visible: only the entries, their order and the horizon do.
 type opWindow struct {
-	entries []opEntry
-	next    int // where the next entry goes once full
+	ring     []opEntry // a power of two in 1..OpWindowMax long
+	start, n int
+	index    []uint16
+	// dropped is set once an entry has left; horizon is then the largest At
+	// of every entry that has left.
+	dropped bool
+	horizon int64
 }
+
+func (w *opWindow) len() int {
+	if w == nil {
+		return 0
+	}
+	return w.n
+}
+
+// pos is the ring position of the i-th entry, oldest first.
+func (w *opWindow) pos(i int) int { return (w.start + i) & (len(w.ring) - 1) }
+
+// entry returns the i-th entry, oldest first.
+func (w *opWindow) entry(i int) opEntry { return w.ring[w.pos(i)] }
 
 func (w *opWindow) find(op OpID) (opEntry, bool) {
-	if w == nil {
-		return opEntry{}, false
-	}
-	for _, e := range w.entries {
-		if e.op == op {
-			return e, true
+	switch {
+	case w == nil:
+	case w.index != nil:
+		mask := len(w.index) - 1
+		for i := w.slot(op); w.index[i] != 0; i = (i + 1) & mask {
+			if e := &w.ring[w.index[i]-1]; e.op == op {
+				return *e, true
+			}
+		}
+	default:
+		for i := 0; i < w.n; i++ {
+			if e := &w.ring[w.pos(i)]; e.op == op {
+				return *e, true
+			}
 		}
 	}
 	return opEntry{}, false
 }
 
-func (w *opWindow) add(e opEntry) {
-	if len(w.entries) < OpWindow {
-		w.entries = append(w.entries, e)
+// tooOld reports whether an op that is not in the window, proposed at at, may
+// be a retry of one that has left it.
+func (w *opWindow) tooOld(at int64) bool { return w != nil && w.dropped && at <= w.horizon }
+
+// add records e. maxAt is the session's MaxAt, e.at included. First it drops
+// the oldest entries while they are more than OpRetention behind maxAt or the
+// window is full.
+func (w *opWindow) add(e opEntry, maxAt int64) {
+	for w.n > 0 && (w.n >= OpWindowMax || expired(w.ring[w.start].at, maxAt)) {
+		old := w.ring[w.start].at
+		if !w.dropped || old > w.horizon {
+			w.dropped, w.horizon = true, old
+		}
+		if w.index != nil {
+			w.unindex(w.start)
+		}
+		w.start = (w.start + 1) & (len(w.ring) - 1)
+		w.n--
+	}
+	switch {
+	case w.n == len(w.ring):
+		w.resize(max(2*w.n, 1))
+	case len(w.ring) > 1 && w.n < len(w.ring)/4:
+		w.resize(opWindowCap(2 * (w.n + 1))) // what a burst left behind has gone
+	}
+	p := w.pos(w.n)
+	w.ring[p] = e
+	w.n++
+	if w.index != nil {
+		w.insert(p)
+	}
+}
+
+// expired reports whether an entry proposed at at is more than OpRetention
+// behind maxAt, without overflow whatever the two are.
+func expired(at, maxAt int64) bool {
+	return at < maxAt && uint64(maxAt)-uint64(at) > OpRetention
+}
+
+// resize moves the entries to a ring of size c (a power of two, at least
+// w.n), oldest at 0, and rebuilds the index.
+func (w *opWindow) resize(c int) {
+	ring := make([]opEntry, c)
+	for i := 0; i < w.n; i++ {
+		ring[i] = w.entry(i)
+	}
+	w.ring, w.start = ring, 0
+	w.reindex()
+}
+
+// reindex builds the index of the ring from scratch, or drops it for a small ring.
+func (w *opWindow) reindex() {
+	w.index = nil
+	if len(w.ring) < opIndexMin {
 		return
 	}
-	w.entries[w.next] = e
-	w.next = (w.next + 1) % OpWindow
+	w.index = make([]uint16, 2*len(w.ring))
+	for i := 0; i < w.n; i++ {
+		w.insert(w.pos(i))
+	}
+}
+
+// slot is where the probe for op starts: the op ID's bits mixed (proposers
+// draw op IDs at random, but tests count them), masked to the index.
+func (w *opWindow) slot(op OpID) int {
+	x := binary.LittleEndian.Uint64(op[:8]) ^ binary.LittleEndian.Uint64(op[8:])*0x9e3779b97f4a7c15
+	x ^= x >> 32
+	x *= 0xd6e8feb86659fd93
+	x ^= x >> 32
+	return int(x & uint64(len(w.index)-1))
+}
+
+// insert indexes the entry at ring position p. The index is at most half full.
+func (w *opWindow) insert(p int) {
+	mask := len(w.index) - 1
+	i := w.slot(w.ring[p].op)
+	for w.index[i] != 0 {
+		i = (i + 1) & mask
+	}
+	w.index[i] = uint16(p + 1)
+}
+
+// unindex removes the entry at ring position p from the index, then closes
+// the gap (Knuth's algorithm R): each later entry of the probe run moves back
+// into the gap unless its home slot lies cyclically after the gap.
+func (w *opWindow) unindex(p int) {
+	mask := len(w.index) - 1
+	i := w.slot(w.ring[p].op)
+	for int(w.index[i]) != p+1 {
+		i = (i + 1) & mask
+	}
+	for j := i; ; {
+		j = (j + 1) & mask
+		t := w.index[j]
+		if t == 0 {
+			w.index[i] = 0
+			return
+		}
+		k := w.slot(w.ring[t-1].op)
+		if (i <= j && (k <= i || k > j)) || (i > j && k <= i && k > j) {
+			w.index[i] = t
+			i = j
+		}
+	}
+}
+
+// opWindowCap is the ring size for n entries.
+func opWindowCap(n int) int {
+	c := 1
+	for c < n {
+		c *= 2
+	}
+	return min(c, OpWindowMax)
 }
 
 func (w *opWindow) clone() *opWindow {
 	if w == nil {
 		return nil
 	}
-	return &opWindow{entries: append([]opEntry(nil), w.entries...), next: w.next}
+	c := *w
+	c.ring = append([]opEntry(nil), w.ring...)
+	c.index = append([]uint16(nil), w.index...)
+	return &c
 }

@@ -122,8 +122,9 @@ type logGen struct {
 	ops    uint64 // op IDs drawn so far
 	past   []Command
 	shadow *State
-	// retryBack is how far back a retry reaches; beyond OpWindow commands of
-	// one session, a retry is outside the window.
+	// retryBack is how far back a retry reaches. The clock pauses now and
+	// then (see command), so a retry from far back often finds its op gone
+	// from the window (OpRetention) and is refused as too old.
 	retryBack int
 }
 
@@ -176,8 +177,8 @@ func drawContinuation(t *rapid.T, label string, prefix genLog, opTag byte, maxLe
 }
 
 // busyKinds are the commands of a busy session: mostly mutations that keep
-// succeeding, so that the op window (OpWindow) and the history ring
-// (HistoryLen) wrap.
+// succeeding, so that op entries leave the window (OpRetention) and the
+// history ring (HistoryLen) wraps.
 var busyKinds = []Kind{
 	KindToggleStep, KindToggleStep, KindToggleStep, KindToggleStep, KindSetTempo, KindSetSwing,
 	KindSetParameterLock, KindAddTrack, KindAddTrack, KindAddTrack, KindDeleteTrack, KindClearTrack,
@@ -246,9 +247,15 @@ func (g *logGen) oneOf(label string, opts ...string) string {
 }
 
 // command draws a new command of kind k. The proposer's clock mostly moves
-// forward, but clocks of different nodes disagree, so it sometimes steps back.
+// forward, but clocks of different nodes disagree, so it sometimes steps back;
+// now and then it jumps, as after a quiet spell, so that op entries leave the
+// windows (OpRetention).
 func (g *logGen) command(k Kind) Command {
-	g.at += rapid.Int64Range(-300, 3000).Draw(g.t, "dt")
+	if g.draw("pause?", 10) == 0 {
+		g.at += rapid.Int64Range(OpRetention/4, OpRetention).Draw(g.t, "pause")
+	} else {
+		g.at += rapid.Int64Range(-300, 3000).Draw(g.t, "dt")
+	}
 	c := Command{Kind: k, Op: g.newOp(), At: g.at}
 	switch k {
 	case KindCreate:

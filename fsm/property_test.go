@@ -1,9 +1,11 @@
 package fsm
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"hash/crc32"
 	"reflect"
 	"slices"
 	"strconv"
@@ -506,42 +508,70 @@ func propKey(c Command) string {
 	return c.Session
 }
 
-// propInWindow reports whether a retry at position j must still find the op
-// first applied at position i with result first. It is conservative: it
-// counts every later command aimed at the same session, though some of them
-// record nothing.
-func propInWindow(log genLog, i, j int, first Result) bool {
-	c := log[i].Cmd
+// propRecorded reports whether applying c with result first left a record
+// that a retry must meet: an entry in the op window of its session, or for a
+// delete a tombstone.
+func propRecorded(c Command, first Result) bool {
 	switch c.Kind {
 	case KindTouch, KindNodeEpoch, KindReapNode:
 		return false // never recorded; they are idempotent instead
-	case KindDelete:
-		return first.Status == StatusOK && j-i < tombLen
-	case KindCreate, KindRemix, KindPublish:
-		if first.Status != StatusOK {
-			return false
+	case KindDelete, KindCreate, KindRemix, KindPublish:
+		return first.Status == StatusOK
+	}
+	return first.Status != StatusNotFound && first.Status != StatusTooOld
+}
+
+// propDeletedBetween reports whether the session that records c was deleted
+// between positions i and j, taking its op window along. A session created
+// again under the same id starts a new window: a retry of an op of the old one
+// may apply to it (deletes are retried against the tombstones instead).
+func propDeletedBetween(log genLog, i, j int) bool {
+	key := propKey(log[i].Cmd)
+	for _, e := range log[i+1 : j] {
+		if e.Cmd.Kind == KindDelete && e.Cmd.Session == key {
+			return true
 		}
-	default:
-		if first.Status == StatusNotFound {
-			return false
-		}
+	}
+	return false
+}
+
+// propInWindow reports whether a retry at position j must still find the op
+// first applied at position i with result first. maxAt is the MaxAt of the
+// op's session just before j. It is conservative: it counts every later
+// command aimed at the same session, though some of them record nothing, and
+// an entry may stay past OpRetention while an older one is ahead of it.
+func propInWindow(log genLog, i, j int, first Result, maxAt int64) bool {
+	c := log[i].Cmd
+	switch {
+	case !propRecorded(c, first):
+		return false
+	case c.Kind == KindDelete:
+		return j-i < tombLen
+	case propDeletedBetween(log, i, j), expired(c.At, maxAt):
+		return false
 	}
 	key, n := propKey(c), 0
 	for _, e := range log[i+1 : j] {
-		if e.Cmd.Kind == KindDelete && e.Cmd.Session == key {
-			return false
-		}
 		if propKey(e.Cmd) == key {
 			n++
 		}
 	}
-	return n < OpWindow
+	return n < OpWindowMax-1
+}
+
+// propMaxAt is the MaxAt of the session that records c, or 0.
+func propMaxAt(s *State, c Command) int64 {
+	if sess := s.Session(propKey(c)); sess != nil {
+		return sess.MaxAt
+	}
+	return 0
 }
 
 // TestPropRetryAppliedOnce (I6): a retried op, the whole command proposed
 // again, is applied at most once. Inside the op window it is answered from the
 // window (Duplicate, the original status and index) and changes nothing;
-// node_epoch, reap_node and touch are idempotent instead.
+// outside it is refused as too old and changes nothing; node_epoch, reap_node
+// and touch are idempotent instead.
 func TestPropRetryAppliedOnce(t *testing.T) {
 	rapid.Check(t, func(t *rapid.T) {
 		log := drawGenLog(t, "log", 200)
@@ -555,17 +585,18 @@ func TestPropRetryAppliedOnce(t *testing.T) {
 			c := e.Cmd
 			f, retried := firsts[c.Op]
 			var before []byte
+			var maxAt int64
 			if retried {
-				before = propStateNoIndex(t, s)
+				before, maxAt = propStateNoIndex(t, s), propMaxAt(s, c)
 			}
 			res, evs := s.Apply(e.Index, c)
 			switch {
 			case !retried && res.Duplicate:
 				t.Fatalf("entry %d: a new op reported as duplicate: %+v", e.Index, res)
 			case retried:
-				propCheckRetry(t, log, f.pos, j, f.res, res, evs, before, propStateNoIndex(t, s))
+				propCheckRetry(t, log, f.pos, j, f.res, res, evs, before, propStateNoIndex(t, s), maxAt)
 			}
-			if !res.Duplicate {
+			if !res.Duplicate && res.Status != StatusTooOld {
 				// The latest application not answered from the window is the
 				// one a later retry must repeat: an attempt that recorded
 				// nothing (not_found, say) does not count.
@@ -576,8 +607,9 @@ func TestPropRetryAppliedOnce(t *testing.T) {
 }
 
 // propCheckRetry checks the retry at log[j] of the op whose reference
-// application was log[i], with result first.
-func propCheckRetry(t *rapid.T, log genLog, i, j int, first, res Result, evs []Event, before, after []byte) {
+// application was log[i], with result first. maxAt is the MaxAt of the op's
+// session before the retry.
+func propCheckRetry(t *rapid.T, log genLog, i, j int, first, res Result, evs []Event, before, after []byte, maxAt int64) {
 	t.Helper()
 	c, index, orig := log[j].Cmd, log[j].Index, log[i].Index
 	if !reflect.DeepEqual(log[i].Cmd, c) {
@@ -592,17 +624,26 @@ func propCheckRetry(t *rapid.T, log genLog, i, j int, first, res Result, evs []E
 			t.Fatalf("entry %d: retry of entry %d (%s) changed the state", index, orig, why)
 		}
 	}
-	if res.Duplicate {
+	switch {
+	case res.Duplicate:
 		if res.Status != first.Status || res.Index != first.Index {
 			t.Fatalf("entry %d: duplicate answers %+v, entry %d got %+v", index, res, orig, first)
 		}
 		unchanged("duplicate")
+	case res.Status == StatusTooOld:
+		if res.Index != index {
+			t.Fatalf("entry %d: too_old answers index %d", index, res.Index)
+		}
+		unchanged("too old")
 	}
-	if propInWindow(log, i, j, first) {
+	if propInWindow(log, i, j, first, maxAt) {
 		if !res.Duplicate {
-			t.Fatalf("entry %d: retry of %s (entry %d, %+v) inside the window applied again: %+v", index, c.Kind, orig, first, res)
+			t.Fatalf("entry %d: retry of %s (entry %d, %+v) inside the window not answered from it: %+v", index, c.Kind, orig, first, res)
 		}
 		return
+	}
+	if propRecorded(c, first) && c.Kind != KindDelete && !propDeletedBetween(log, i, j) && !res.Duplicate && res.Status != StatusTooOld {
+		t.Fatalf("entry %d: retry of %s (entry %d, %+v) neither answered from the window nor refused as too old: %+v", index, c.Kind, orig, first, res)
 	}
 	switch c.Kind {
 	case KindNodeEpoch, KindReapNode:
@@ -624,8 +665,8 @@ func propCheckRetry(t *rapid.T, log genLog, i, j int, first, res Result, evs []E
 }
 
 // TestRetriedToggleStepFlipsOnce is I6 on the message that is not idempotent
-// (W7): a retried toggle flips once and broadcasts once. Outside the op window
-// a retry is a new operation; that is the window's documented limit.
+// (W7): a retried toggle flips once and broadcasts once. Once the session has
+// forgotten it (OpRetention), a retry is refused, never applied again.
 func TestRetriedToggleStepFlipsOnce(t *testing.T) {
 	s := NewState()
 	sid, player := genSessions[0], genPlayers[0]
@@ -658,14 +699,17 @@ func TestRetriedToggleStepFlipsOnce(t *testing.T) {
 		t.Fatalf("Since(2) = %d events, %v; want the one toggle", len(evs), ok)
 	}
 	index := uint64(10)
-	for i := 0; i < OpWindow; i++ {
+	for i := 0; i < 100; i++ {
 		index++
-		must(index, Command{Kind: KindSetTempo, Op: OpID{0xef, byte(i)}, Session: sid, Player: player, Number: 100})
+		must(index, Command{Kind: KindSetTempo, Op: OpID{0xef, byte(i)}, At: toggle.At + int64(i)*OpRetention/50, Session: sid, Player: player, Number: 100})
 	}
 	index++
 	res, evs := s.Apply(index, toggle)
-	if res.Duplicate || res.Status != StatusOK || len(evs) != 1 || evs[0].Flag {
+	if res != (Result{Status: StatusTooOld, Index: index}) || len(evs) != 0 {
 		t.Fatalf("retry past the window: %+v, events %s", res, propEventsJSON(evs))
+	}
+	if sess := s.Session(sid); !sess.State.Tracks[0].Step(5) {
+		t.Fatal("step 5 flipped back: the toggle was applied twice")
 	}
 }
 
@@ -886,13 +930,14 @@ func TestPropSinceLongHistory(t *testing.T) {
 }
 
 // TestPropBusySession drives one session through up to a few hundred
-// commands, so the op window wraps, and checks I6 and Since there, and that a
-// snapshot or a clone taken mid-way carries the wrapped window: the restored
-// state answers later retries and Since exactly as the original.
+// commands, so that op entries leave the window (the generator's clock
+// pauses now and then), and checks I6 and Since there, and
+// that a snapshot or a clone taken mid-way carries the window and its horizon:
+// the restored state answers later retries and Since exactly as the original.
 // (TestPropSinceLongHistory wraps the history ring.)
 func TestPropBusySession(t *testing.T) {
 	rapid.Check(t, func(t *rapid.T) {
-		log := drawBusyLog(t, "log", OpWindow+16, 2*OpWindow, HistoryLen)
+		log := drawBusyLog(t, "log", 80, 128, HistoryLen)
 		cut := rapid.IntRange(0, len(log)).Draw(t, "snapshot after")
 		s := NewState()
 		var r, frozen *State
@@ -911,16 +956,17 @@ func TestPropBusySession(t *testing.T) {
 			}
 			f, retried := firsts[e.Cmd.Op]
 			var before []byte
+			var maxAt int64
 			if retried {
-				before = propStateNoIndex(t, s)
+				before, maxAt = propStateNoIndex(t, s), propMaxAt(s, e.Cmd)
 			}
 			res, evs := hist.apply(s, e)
 			if retried {
-				propCheckRetry(t, log, f.pos, j, f.res, res, evs, before, propStateNoIndex(t, s))
+				propCheckRetry(t, log, f.pos, j, f.res, res, evs, before, propStateNoIndex(t, s), maxAt)
 			} else if res.Duplicate {
 				t.Fatalf("entry %d: a new op reported as duplicate", e.Index)
 			}
-			if !res.Duplicate {
+			if !res.Duplicate && res.Status != StatusTooOld {
 				firsts[e.Cmd.Op] = first{j, res}
 			}
 			if r != nil {
@@ -1012,4 +1058,106 @@ func TestPropEventsWellFormed(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestPropOpWindow checks the op window against a plain FIFO model through
+// adds (entries leaving by age and by the cap), clones and snapshot round
+// trips: the same entries in the same order, the same horizon, and find
+// (through the hash index once the ring is large) finds exactly what is there.
+func TestPropOpWindow(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		type model struct {
+			entries []opEntry
+			dropped bool
+			horizon int64
+		}
+		var m model
+		sess := &Session{ID: "w"}
+		var gone []OpID // ops that left the window
+		at := int64(1_700_000_000_000)
+		steps := rapid.SampledFrom([]int{10, 100, 1000, OpWindowMax + 300}).Draw(t, "steps")
+		randomIDs := rapid.Bool().Draw(t, "random op IDs?")
+		for i := 0; i < steps; i++ {
+			switch rapid.IntRange(0, 199).Draw(t, "event") {
+			case 0:
+				at += rapid.Int64Range(OpRetention/2, 2*OpRetention).Draw(t, "pause")
+			case 1:
+				at -= rapid.Int64Range(0, 5000).Draw(t, "clock back")
+			case 2:
+				if sess.ops == nil {
+					break
+				}
+				c := sess.clone()
+				before := sess.AppendSnapshot(nil)
+				c.ops.add(opEntry{op: OpID{0xcc, byte(i)}, at: at}, max(at, c.MaxAt)) // must not touch sess
+				if !bytes.Equal(sess.AppendSnapshot(nil), before) {
+					t.Fatalf("step %d: adding to a clone changed the original", i)
+				}
+				sess = sess.clone()
+			case 3:
+				sess = propRestoreSession(t, sess)
+			}
+			at += rapid.Int64Range(0, 3).Draw(t, "dt")
+			var op OpID
+			if randomIDs {
+				copy(op[:], rapid.SliceOfN(rapid.Byte(), 16, 16).Draw(t, "op"))
+			} else {
+				op = OpID{0x0b, 8: byte(i >> 16), 9: byte(i >> 8), 10: byte(i)}
+			}
+			if _, ok := sess.ops.find(op); ok {
+				continue // a random ID drawn twice: Apply would answer it as a duplicate
+			}
+			e := opEntry{op: op, status: Status(i % 3), index: uint64(i + 1), at: at}
+			sess.MaxAt = max(sess.MaxAt, at)
+			if sess.ops == nil {
+				sess.ops = &opWindow{}
+			}
+			sess.ops.add(e, sess.MaxAt)
+			for len(m.entries) > 0 && (len(m.entries) >= OpWindowMax || m.entries[0].at < sess.MaxAt-OpRetention) {
+				if !m.dropped || m.entries[0].at > m.horizon {
+					m.dropped, m.horizon = true, m.entries[0].at
+				}
+				gone = append(gone, m.entries[0].op)
+				m.entries = m.entries[1:]
+			}
+			m.entries = append(m.entries, e)
+
+			w := sess.ops
+			if w.len() != len(m.entries) || w.dropped != m.dropped || w.horizon != m.horizon {
+				t.Fatalf("step %d: %d entries, dropped %v, horizon %d; model %d, %v, %d", i, w.len(), w.dropped, w.horizon, len(m.entries), m.dropped, m.horizon)
+			}
+			if len(w.ring) > OpWindowMax || (len(w.ring) >= opIndexMin) != (w.index != nil) {
+				t.Fatalf("step %d: ring of %d, index of %d", i, len(w.ring), len(w.index))
+			}
+			check := func(j int) {
+				if got, ok := w.find(m.entries[j].op); !ok || got != m.entries[j] || w.entry(j) != m.entries[j] {
+					t.Fatalf("step %d: entry %d of %d: found %v %+v, at it %+v; want %+v", i, j, len(m.entries), ok, got, w.entry(j), m.entries[j])
+				}
+			}
+			if i%97 == 0 || i == steps-1 {
+				for j := range m.entries {
+					check(j)
+				}
+				for _, op := range gone {
+					if _, ok := w.find(op); ok {
+						t.Fatalf("step %d: op %s left the window but is found", i, op)
+					}
+				}
+			} else {
+				check(0)
+				check(len(m.entries) - 1)
+				check(rapid.IntRange(0, len(m.entries)-1).Draw(t, "check"))
+			}
+		}
+	})
+}
+
+// propRestoreSession decodes what the session's AppendSnapshot writes.
+func propRestoreSession(t *rapid.T, s *Session) *Session {
+	d := &decoder{r: bufio.NewReader(bytes.NewReader(s.AppendSnapshot(nil))), crc: crc32.New(crcTable), version: SnapshotVersion}
+	r := d.session()
+	if d.err != nil {
+		t.Fatalf("restore session: %v", d.err)
+	}
+	return r
 }

@@ -23,12 +23,31 @@ import (
 // same bytes (invariant I4). Integers are varints, floats their IEEE-754 bits,
 // strings and byte slices length-prefixed.
 //
+// Each session ends with its op window, oldest entry first:
+//
+//	uvarint n (at most OpWindowMax) | n × (op ID (16 bytes) | uvarint status | uvarint index | varint MaxAt−at)
+//	| bool dropped | varint horizon (only when dropped)
+//
+// Versions:
+//
+//	v1: an entry has no at, and there is no dropped/horizon; at most 64 entries
+//	    (the window was the last 64 ops).
+//	v2: each entry's at, as its distance below the session's MaxAt (small
+//	    and never negative in practice), and the window's horizon.
+//
 // Migrations: WriteSnapshot always writes SnapshotVersion. ReadSnapshot keeps a
 // reader for every version ever released; a reader for an older version builds
 // the current model, filling new fields with what they meant before they
-// existed. testdata/snapshot-v1.bin is the golden v1 file that every later
-// version must still restore.
-const SnapshotVersion = 1
+// existed: a v1 entry gets at = the session's MaxAt (it can be no newer, and so
+// it stays at least OpRetention from then); a v1 window holding fewer than 64
+// entries never dropped one, and a full one gets the horizon MaxAt.
+// The readers are shared: d.version is consulted only where versions differ.
+// testdata/snapshot-v1.bin and testdata/snapshot-v2.bin are golden files that
+// every later version must still restore.
+const SnapshotVersion = 2
+
+// opWindowV1 was the count-based op window of snapshot v1.
+const opWindowV1 = 64
 
 const snapshotMagic = "chorusfsm"
 
@@ -109,8 +128,9 @@ func ReadSnapshot(r io.Reader) (*State, error) {
 	}
 	var s *State
 	switch version {
-	case 1:
-		s = d.stateV1()
+	case 1, 2:
+		d.version = version
+		s = d.state()
 	default:
 		return nil, fmt.Errorf("%w: version %d is newer than this build reads (%d)", ErrCorruptSnapshot, version, SnapshotVersion)
 	}
@@ -224,16 +244,19 @@ func (e *encoder) session(s *Session) {
 		}
 	}
 
-	var ops []opEntry
-	if s.ops != nil {
-		ops = s.ops.entries
-	}
-	e.uvarint(uint64(len(ops)))
-	for i := range ops {
-		o := ops[(s.ops.next+i)%len(ops)] // oldest first
+	w := s.ops
+	e.uvarint(uint64(w.len()))
+	for i := 0; i < w.len(); i++ {
+		o := w.entry(i) // oldest first
 		e.raw(o.op[:])
 		e.uvarint(uint64(o.status))
 		e.uvarint(o.index)
+		e.varint(s.MaxAt - o.at) // wraps on absurd values; the reader undoes it exactly
+	}
+	dropped := w != nil && w.dropped
+	e.bool(dropped)
+	if dropped {
+		e.varint(w.horizon)
 	}
 }
 
@@ -336,9 +359,10 @@ func (e *encoder) event(ev *Event) {
 }
 
 type decoder struct {
-	r   *bufio.Reader
-	crc hash.Hash32
-	err error
+	r       *bufio.Reader
+	crc     hash.Hash32
+	err     error
+	version uint64 // of the snapshot being read
 }
 
 func (d *decoder) fail(err error) {
@@ -456,7 +480,7 @@ func (d *decoder) members() *members {
 	return &m
 }
 
-func (d *decoder) stateV1() *State {
+func (d *decoder) state() *State {
 	s := NewState()
 	s.index = d.uvarint()
 	for n := d.count("nodes"); n > 0 && d.err == nil; n-- {
@@ -472,7 +496,7 @@ func (d *decoder) stateV1() *State {
 	}
 	prev := ""
 	for n := d.count("sessions"); n > 0 && d.err == nil; n-- {
-		sess := d.sessionV1()
+		sess := d.session()
 		if d.err != nil {
 			break
 		}
@@ -486,7 +510,7 @@ func (d *decoder) stateV1() *State {
 	return s
 }
 
-func (d *decoder) sessionV1() *Session {
+func (d *decoder) session() *Session {
 	s := &Session{ID: d.str()}
 	s.HasName = d.bool()
 	s.Name = d.str()
@@ -500,51 +524,80 @@ func (d *decoder) sessionV1() *Session {
 	s.Immutable = d.bool()
 	s.LastSeq = d.uvarint()
 	s.MaxAt = d.varint()
-	s.State = d.stateV1Body()
+	s.State = d.sessionState()
 
 	if d.bool() {
 		r := &room{}
 		for n := d.small(MaxPlayers, "players"); n > 0 && d.err == nil; n-- {
-			r.players = append(r.players, d.playerV1())
+			r.players = append(r.players, d.player())
 		}
 		for n := d.small(MaxPlayers, "playing"); n > 0 && d.err == nil; n-- {
 			r.playing = append(r.playing, d.str())
 		}
 		for n := d.small(HistoryLen, "history"); n > 0 && d.err == nil; n-- {
-			ev := d.eventV1()
+			ev := d.event()
 			ev.Session = s.ID
 			r.history.push(ev)
 		}
 		s.live = r
 	}
-	if n := d.small(OpWindow, "ops"); n > 0 {
-		s.ops = &opWindow{entries: make([]opEntry, 0, n)}
-		for ; n > 0 && d.err == nil; n-- {
-			var o opEntry
-			copy(o.op[:], d.raw(len(o.op)))
-			o.status = Status(d.small(255, "status"))
-			o.index = d.uvarint()
-			s.ops.entries = append(s.ops.entries, o)
-		}
-	}
+	s.ops = d.opWindow(s.MaxAt)
 	return s
 }
 
-func (d *decoder) stateV1Body() SessionState {
+// opWindow reads a session's op window; maxAt is the session's MaxAt.
+func (d *decoder) opWindow(maxAt int64) *opWindow {
+	limit := uint64(OpWindowMax)
+	if d.version == 1 {
+		limit = opWindowV1
+	}
+	n := int(d.small(limit, "ops"))
+	w := &opWindow{}
+	if n > 0 && d.err == nil {
+		w.ring = make([]opEntry, opWindowCap(n))
+	}
+	for ; w.n < n && d.err == nil; w.n++ {
+		o := &w.ring[w.n]
+		copy(o.op[:], d.raw(len(o.op)))
+		o.status = Status(d.small(255, "status"))
+		o.index = d.uvarint()
+		o.at = maxAt // v1: no newer than the session's newest op
+		if d.version >= 2 {
+			o.at = maxAt - d.varint()
+		}
+	}
+	switch {
+	case d.version >= 2:
+		if d.bool() {
+			w.dropped, w.horizon = true, d.varint()
+		}
+	case n == opWindowV1:
+		// A full v1 window may have let ops go, each proposed no later than
+		// the session's MaxAt: refuse what is not newer.
+		w.dropped, w.horizon = true, maxAt
+	}
+	if w.n == 0 && !w.dropped {
+		return nil
+	}
+	w.reindex()
+	return w
+}
+
+func (d *decoder) sessionState() SessionState {
 	st := SessionState{Tempo: d.f64(), Swing: d.f64(), Version: d.f64()}
-	st.Effects = d.effectsV1()
+	st.Effects = d.effects()
 	st.extra = d.members()
 	n := d.count("tracks")
 	if n > 0 && d.err == nil {
 		st.Tracks = make([]SessionTrack, 0, min(n, MaxTracks))
 		for ; n > 0 && d.err == nil; n-- {
-			st.Tracks = append(st.Tracks, d.trackV1())
+			st.Tracks = append(st.Tracks, d.track())
 		}
 	}
 	return st
 }
 
-func (d *decoder) effectsV1() *EffectsState {
+func (d *decoder) effects() *EffectsState {
 	if !d.bool() {
 		return nil
 	}
@@ -555,21 +608,21 @@ func (d *decoder) effectsV1() *EffectsState {
 	return fx
 }
 
-func (d *decoder) fmV1() *FMParams {
+func (d *decoder) fm() *FMParams {
 	if !d.bool() {
 		return nil
 	}
 	return &FMParams{Harmonicity: d.f64(), ModulationIndex: d.f64()}
 }
 
-func (d *decoder) lockV1() *ParameterLock {
+func (d *decoder) lock() *ParameterLock {
 	if !d.bool() {
 		return nil
 	}
 	return &ParameterLock{flags: uint8(d.small(7, "lock flags")), Pitch: d.f64(), Volume: d.f64()}
 }
 
-func (d *decoder) trackV1() SessionTrack {
+func (d *decoder) track() SessionTrack {
 	t := SessionTrack{ID: d.str()}
 	t.has = Field(d.small(math.MaxUint16, "track fields"))
 	t.null = Field(d.small(math.MaxUint16, "track nulls"))
@@ -589,7 +642,7 @@ func (d *decoder) trackV1() SessionTrack {
 		last := -1
 		for ; n > 0 && d.err == nil; n-- {
 			step := int(d.small(MaxSteps-1, "lock step"))
-			l := d.lockV1()
+			l := d.lock()
 			if l == nil || step <= last {
 				d.fail(errors.New("bad parameter lock"))
 				break
@@ -598,18 +651,18 @@ func (d *decoder) trackV1() SessionTrack {
 			t.locks = append(t.locks, lockAt{step: uint8(step), lock: *l})
 		}
 	}
-	t.FM = d.fmV1()
+	t.FM = d.fm()
 	t.extra = d.members()
 	return t
 }
 
-func (d *decoder) playerV1() PlayerInfo {
+func (d *decoder) player() PlayerInfo {
 	id, node := d.str(), d.str()
 	epoch := d.uvarint()
 	return NewPlayerInfo(id, node, epoch, d.varint())
 }
 
-func (d *decoder) eventV1() *Event {
+func (d *decoder) event() *Event {
 	ev := &Event{Type: EventType(d.small(uint64(eventEnd-1), "event type"))}
 	ev.Seq = d.uvarint()
 	ev.PrevSeq = d.uvarint()
@@ -623,10 +676,10 @@ func (d *decoder) eventV1() *Event {
 	ev.Number = d.f64()
 	ev.Text = d.str()
 	ev.Text2 = d.str()
-	ev.Lock = d.lockV1()
+	ev.Lock = d.lock()
 	ev.Track = d.bytes()
-	ev.Effects = d.effectsV1()
-	ev.FM = d.fmV1()
+	ev.Effects = d.effects()
+	ev.FM = d.fm()
 	ev.At = d.varint()
 	ev.Tempo = d.f64()
 	// The history holds mutating broadcasts only, each with its payload.

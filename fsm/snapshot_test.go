@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
@@ -16,15 +17,19 @@ import (
 	"testing/iotest"
 )
 
-// updateSnapshot rewrites testdata/snapshot-v1.bin from snapGoldenScenario:
+// updateSnapshot rewrites the golden file of the current SnapshotVersion,
+// testdata/snapshot-v<SnapshotVersion>.bin, from snapGoldenScenario:
 //
-//	go test ./fsm -run TestSnapshotV1Golden -update-snapshot
+//	go test ./fsm -run TestSnapshotV2Golden -update-snapshot
 //
-// Only while SnapshotVersion is 1: once a later version exists the v1 file is
-// frozen, and every later build must still restore it.
-var updateSnapshot = flag.Bool("update-snapshot", false, "rewrite testdata/snapshot-v1.bin")
+// The files of earlier versions are frozen: once a later version exists, its
+// file is never written again, and every later build must still restore it.
+var updateSnapshot = flag.Bool("update-snapshot", false, "rewrite testdata/snapshot-v<SnapshotVersion>.bin")
 
-const snapGoldenFile = "snapshot-v1.bin"
+// snapGoldenVersions are the versions with a golden file, oldest first.
+var snapGoldenVersions = []int{1, 2}
+
+func snapGoldenFile(version int) string { return "snapshot-v" + strconv.Itoa(version) + ".bin" }
 
 // The golden scenario's ids.
 const (
@@ -41,8 +46,9 @@ const (
 
 func snapGoldenOp(n byte) OpID { return OpID{0x60, 0x1d, n} }
 
-// snapGoldenLog is the scenario behind testdata/snapshot-v1.bin: a bit of
-// everything a snapshot holds. Changing it changes the golden file.
+// snapGoldenLog is the scenario behind the golden files testdata/snapshot-v*.bin:
+// a bit of everything a snapshot holds. Changing it changes the current
+// version's golden file (the frozen ones keep what it was).
 func snapGoldenLog() genLog {
 	seq := func(n int64) *int64 { return &n }
 	name := func(s string) *string { return &s }
@@ -125,9 +131,9 @@ func snapGoldenScenario(tb testing.TB) *State {
 	return s
 }
 
-func snapReadGolden(tb testing.TB) []byte {
+func snapReadGolden(tb testing.TB, version int) []byte {
 	tb.Helper()
-	b, err := os.ReadFile(filepath.Join("testdata", snapGoldenFile))
+	b, err := os.ReadFile(filepath.Join("testdata", snapGoldenFile(version)))
 	if err != nil {
 		tb.Fatalf("read golden snapshot (generate it with -update-snapshot): %v", err)
 	}
@@ -135,21 +141,69 @@ func snapReadGolden(tb testing.TB) []byte {
 }
 
 func TestSnapshotV1Golden(t *testing.T) {
-	if *updateSnapshot {
-		if SnapshotVersion != 1 {
-			t.Fatalf("testdata/%s is frozen now that SnapshotVersion is %d", snapGoldenFile, SnapshotVersion)
+	golden := snapGoldenTest(t, 1)
+	// v1 has no proposer times for op entries: each gets the session's MaxAt,
+	// so it stays OpRetention from the restore's newest op. Fewer than 64
+	// entries: the v1 window never dropped one.
+	s := snapRestore(t, golden)
+	for _, id := range s.SessionIDs() {
+		sess := s.Session(id)
+		w := sess.ops
+		if w.len() == 0 || w.dropped {
+			t.Fatalf("session %s: %d op entries, dropped %v", id, w.len(), w.dropped)
 		}
-		if err := os.WriteFile(filepath.Join("testdata", snapGoldenFile), propSnapshot(t, snapGoldenScenario(t)), 0o644); err != nil {
-			t.Fatal(err)
+		for i := 0; i < w.len(); i++ {
+			if e := w.entry(i); e.at != sess.MaxAt {
+				t.Errorf("session %s: op entry %d (index %d) at %d, want MaxAt %d", id, i, e.index, e.at, sess.MaxAt)
+			}
 		}
 	}
-	golden := snapReadGolden(t)
+}
+
+func TestSnapshotV2Golden(t *testing.T) {
+	golden := snapGoldenTest(t, 2)
+	// v2 keeps each op entry's proposer time.
+	s := snapRestore(t, golden)
+	ats := map[OpID]int64{}
+	for _, e := range snapGoldenLog() {
+		ats[e.Cmd.Op] = e.Cmd.At
+	}
+	for _, id := range s.SessionIDs() {
+		w := s.Session(id).ops
+		if w.len() == 0 || w.dropped {
+			t.Fatalf("session %s: %d op entries, dropped %v", id, w.len(), w.dropped)
+		}
+		for i := 0; i < w.len(); i++ {
+			if e := w.entry(i); e.at != ats[e.op] {
+				t.Errorf("session %s: op entry %d (index %d) at %d, want %d", id, i, e.index, e.at, ats[e.op])
+			}
+		}
+	}
+}
+
+// snapGoldenTest restores the golden file of version, checks what it holds
+// and, for the current version, that the scenario still writes exactly it. It
+// returns the file. With -update-snapshot it first rewrites the current
+// version's file; the files of earlier versions are frozen.
+func snapGoldenTest(t *testing.T, version int) []byte {
+	t.Helper()
+	file := snapGoldenFile(version)
+	if *updateSnapshot {
+		if version == SnapshotVersion {
+			if err := os.WriteFile(filepath.Join("testdata", file), propSnapshot(t, snapGoldenScenario(t)), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			t.Logf("testdata/%s is frozen now that SnapshotVersion is %d: not rewritten", file, SnapshotVersion)
+		}
+	}
+	golden := snapReadGolden(t, version)
 	s, err := ReadSnapshot(bytes.NewReader(golden))
 	if err != nil {
-		t.Fatalf("restore v1 golden: %v", err)
+		t.Fatalf("restore v%d golden: %v", version, err)
 	}
 
-	// Values, checked whatever SnapshotVersion is: v1 must restore forever.
+	// Values, checked whatever SnapshotVersion is: every version must restore forever.
 	if s.Index() != 28 || s.Len() != 4 {
 		t.Fatalf("index %d, %d sessions; want 28, 4", s.Index(), s.Len())
 	}
@@ -270,14 +324,7 @@ func TestSnapshotV1Golden(t *testing.T) {
 	// The op window, tombstones and reaped epoch came back too: retries are
 	// still answered from them, and the reaped incarnation stays out.
 	log := snapGoldenLog()
-	r := s
-	if SnapshotVersion == 1 {
-		// Keep s for the byte comparison below.
-		var err error
-		if r, err = ReadSnapshot(bytes.NewReader(golden)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	r := snapRestore(t, golden)                                  // s stays as restored, for the byte comparison below
 	for i, want := range map[int]uint64{7: 11, 19: 25, 16: 22} { // toggle, delete, publish
 		if res, evs := r.Apply(r.Index()+1, log[i].Cmd); !res.Duplicate || res.Index != want || len(evs) != 0 {
 			t.Errorf("retry of entry %d (%s): %+v, %d events", log[i].Index, log[i].Cmd.Kind, res, len(evs))
@@ -288,16 +335,18 @@ func TestSnapshotV1Golden(t *testing.T) {
 		t.Errorf("join from the reaped incarnation: %+v", res)
 	}
 
-	if SnapshotVersion != 1 {
-		return // the bytes are v1's; a later version writes something else
+	if version != SnapshotVersion {
+		return golden // a later version writes something else
 	}
 	if again := propSnapshot(t, s); !bytes.Equal(again, golden) {
-		t.Errorf("re-encoding the restored v1 golden differs (%d / %d bytes)", len(again), len(golden))
+		t.Errorf("re-encoding the restored v%d golden differs (%d / %d bytes)", version, len(again), len(golden))
 	}
 	if fresh := propSnapshot(t, snapGoldenScenario(t)); !bytes.Equal(fresh, golden) {
-		t.Errorf("the golden scenario no longer writes testdata/%s. If the format changed, bump SnapshotVersion "+
-			"and keep a v1 reader; if only Apply's behaviour changed, regenerate with -update-snapshot", snapGoldenFile)
+		t.Errorf("the golden scenario no longer writes testdata/%s. If the format changed, bump SnapshotVersion, "+
+			"keep a reader for v%d and add a golden file for the new version; if only Apply's behaviour changed, "+
+			"regenerate with -update-snapshot", file, version)
 	}
+	return golden
 }
 
 // snapCheckCorrupt asserts that input is refused with ErrCorruptSnapshot.
@@ -309,26 +358,38 @@ func snapCheckCorrupt(t *testing.T, what string, input []byte) {
 	}
 }
 
-func TestSnapshotTruncated(t *testing.T) {
-	golden := snapReadGolden(t)
-	for n := 0; n < len(golden); n++ {
-		snapCheckCorrupt(t, "truncated to "+strconv.Itoa(n), golden[:n])
+// snapEachGolden runs fn on the golden file of every version.
+func snapEachGolden(t *testing.T, fn func(t *testing.T, version int, golden []byte)) {
+	for _, v := range snapGoldenVersions {
+		t.Run("v"+strconv.Itoa(v), func(t *testing.T) { fn(t, v, snapReadGolden(t, v)) })
 	}
+}
+
+func TestSnapshotTruncated(t *testing.T) {
+	snapEachGolden(t, func(t *testing.T, _ int, golden []byte) {
+		for n := 0; n < len(golden); n++ {
+			snapCheckCorrupt(t, "truncated to "+strconv.Itoa(n), golden[:n])
+		}
+	})
 }
 
 func TestSnapshotFlippedBytes(t *testing.T) {
-	golden := snapReadGolden(t)
-	for i := range golden {
-		for _, mask := range []byte{0x01, 0x80, 0xff} {
-			b := bytes.Clone(golden)
-			b[i] ^= mask
-			snapCheckCorrupt(t, "byte "+strconv.Itoa(i)+" ^ "+strconv.Itoa(int(mask)), b)
+	snapEachGolden(t, func(t *testing.T, _ int, golden []byte) {
+		for i := range golden {
+			for _, mask := range []byte{0x01, 0x80, 0xff} {
+				b := bytes.Clone(golden)
+				b[i] ^= mask
+				snapCheckCorrupt(t, "byte "+strconv.Itoa(i)+" ^ "+strconv.Itoa(int(mask)), b)
+			}
 		}
-	}
+	})
 }
 
 func TestSnapshotCorruptHeaderAndTail(t *testing.T) {
-	golden := snapReadGolden(t)
+	snapEachGolden(t, snapCheckCorruptHeaderAndTail)
+}
+
+func snapCheckCorruptHeaderAndTail(t *testing.T, goldenVersion int, golden []byte) {
 	body := golden[len(snapshotMagic)+1 : len(golden)-4] // after magic and the one-byte version, before the checksum
 	withChecksum := func(b []byte) []byte {
 		var sum [4]byte
@@ -339,12 +400,10 @@ func TestSnapshotCorruptHeaderAndTail(t *testing.T) {
 		b := append([]byte(snapshotMagic), binary.AppendUvarint(nil, v)...)
 		return withChecksum(append(b, body...))
 	}
-	if SnapshotVersion == 1 {
-		// The helper rebuilds the golden exactly, so the cases below differ from
-		// a valid snapshot only where they say.
-		if !bytes.Equal(version(1), golden) {
-			t.Fatal("test helper does not rebuild the golden snapshot")
-		}
+	// The helper rebuilds the golden exactly, so the cases below differ from
+	// a valid snapshot only where they say.
+	if !bytes.Equal(version(uint64(goldenVersion)), golden) {
+		t.Fatal("test helper does not rebuild the golden snapshot")
 	}
 	for _, tt := range []struct {
 		name  string
@@ -369,7 +428,7 @@ func TestSnapshotCorruptHeaderAndTail(t *testing.T) {
 // TestSnapshotReaders: ReadSnapshot does not depend on how the reader splits
 // its input, and wraps a failing reader's error.
 func TestSnapshotReaders(t *testing.T) {
-	golden := snapReadGolden(t)
+	golden := snapReadGolden(t, SnapshotVersion)
 	want := propSnapshot(t, snapRestore(t, golden))
 	for _, tt := range []struct {
 		name string
@@ -484,5 +543,165 @@ func TestSessionAppendSnapshot(t *testing.T) {
 	}
 	if bytes.Equal(before, s.Session(snapGoldenMain).AppendSnapshot(nil)) {
 		t.Fatal("a rename left the session's bytes unchanged")
+	}
+}
+
+// TestSnapshotOpWindowRoundTrip: a snapshot keeps every op entry with its
+// proposer time, in apply order (not At order), and the horizon; the restored
+// state answers retries, too-old ops and new ones exactly as the original, and
+// evicts the same entries later.
+func TestSnapshotOpWindowRoundTrip(t *testing.T) {
+	r := newJoinedRig(t, "")
+	t0 := rigAt(r.index + 1)
+	x := rigToggleX(t0)
+	r.apply(x)
+	r.must(StatusOK, rigMut(KindSetTempo, Command{Number: 90, At: t0 + 50}))
+	lagging := rigMut(KindSetTempo, Command{Number: 80, At: t0 - 100, Op: OpID{0xab}})
+	r.apply(lagging)
+	r.must(StatusOK, rigMut(KindSetTempo, Command{Number: 91, At: t0 + OpRetention + 1})) // x leaves
+	recent := rigMut(KindSetSwing, Command{Number: 5, At: t0 + OpRetention + 2, Op: OpID{0xac}})
+	r.apply(recent)
+
+	b := propSnapshot(t, r.s)
+	back := snapRestore(t, b)
+	if !bytes.Equal(propSnapshot(t, back), b) {
+		t.Fatal("snapshot round trip differs")
+	}
+	w, wb := r.sess(rigSID).ops, back.Session(rigSID).ops
+	if !w.dropped || w.horizon != t0 || w.len() != 4 {
+		t.Fatalf("original window: %d entries, dropped %v, horizon %d", w.len(), w.dropped, w.horizon)
+	}
+	if wb.len() != w.len() || wb.dropped != w.dropped || wb.horizon != w.horizon {
+		t.Fatalf("restored window: %d entries, dropped %v, horizon %d; want %d, %v, %d", wb.len(), wb.dropped, wb.horizon, w.len(), w.dropped, w.horizon)
+	}
+	for i := 0; i < w.len(); i++ {
+		if w.entry(i) != wb.entry(i) {
+			t.Errorf("entry %d: %+v restored as %+v", i, w.entry(i), wb.entry(i))
+		}
+	}
+	if e := wb.entry(1); e.op != lagging.Op || e.at != lagging.At {
+		t.Errorf("entry 1 is %+v, want the lagging op at %d", e, lagging.At)
+	}
+
+	for _, tt := range []struct {
+		c         Command
+		want      Status
+		duplicate bool
+	}{
+		{x, StatusTooOld, false},
+		{lagging, StatusOK, true},
+		{recent, StatusOK, true},
+		{rigMut(KindSetTempo, Command{Number: 70, At: t0}), StatusTooOld, false},
+		{rigMut(KindSetTempo, Command{Number: 71, At: t0 + 1}), StatusOK, false},
+		{rigMut(KindSetTempo, Command{Number: 72, At: t0 + 2*OpRetention + 60}), StatusOK, false}, // the rest expire
+		{lagging, StatusTooOld, false},
+		{recent, StatusTooOld, false},
+	} {
+		c := tt.c
+		if c.Op.IsZero() {
+			c.Op = r.nextOp()
+		}
+		r.index++
+		rs, es := r.s.Apply(r.index, c)
+		rb, eb := back.Apply(r.index, c)
+		if rs != rb || propEventsJSON(es) != propEventsJSON(eb) {
+			t.Fatalf("%s at %d: original %+v, restored %+v", c.Kind, r.index, rs, rb)
+		}
+		if rs.Status != tt.want || rs.Duplicate != tt.duplicate {
+			t.Fatalf("%s (At %d) at %d: %+v, want %s (duplicate %v)", c.Kind, c.At, r.index, rs, tt.want, tt.duplicate)
+		}
+	}
+	if !bytes.Equal(propSnapshot(t, r.s), propSnapshot(t, back)) {
+		t.Fatal("original and restored diverged")
+	}
+	if w := back.Session(rigSID).ops; w.len() != 1 || w.horizon != t0+OpRetention+2 {
+		t.Fatalf("after the last op: %d entries, horizon %d", w.len(), w.horizon)
+	}
+}
+
+// snapOpsSection encodes an op window section of a session as version writes
+// it: n entries, each with MaxAt−at = delta (v2), and for v2 the horizon.
+func snapOpsSection(version, n int, delta int64, dropped bool, horizon int64) []byte {
+	b := binary.AppendUvarint(nil, uint64(n))
+	for i := 0; i < n; i++ {
+		b = append(b, 0x5e, byte(i>>8), byte(i))
+		b = append(b, make([]byte, 13)...)         // the rest of the op ID
+		b = binary.AppendUvarint(b, uint64(i%3))   // status
+		b = binary.AppendUvarint(b, uint64(100+i)) // index
+		if version >= 2 {
+			b = binary.AppendVarint(b, delta)
+		}
+	}
+	if version >= 2 {
+		if dropped {
+			b = append(b, 1)
+			b = binary.AppendVarint(b, horizon)
+		} else {
+			b = append(b, 0)
+		}
+	}
+	return b
+}
+
+// snapReadOps runs the op window reader of version over b.
+func snapReadOps(version int, b []byte, maxAt int64) (*opWindow, error) {
+	d := &decoder{r: bufio.NewReader(bytes.NewReader(b)), crc: crc32.New(crcTable), version: uint64(version)}
+	w := d.opWindow(maxAt)
+	if d.err == nil {
+		if _, err := d.r.ReadByte(); err != io.EOF {
+			return nil, errors.New("the reader left bytes")
+		}
+	}
+	return w, d.err
+}
+
+// TestSnapshotOpWindowVersions: the op window reader of each version, its
+// migration of v1 and its bounds.
+func TestSnapshotOpWindowVersions(t *testing.T) {
+	const maxAt = 1_700_000_123_456
+	for _, tt := range []struct {
+		name        string
+		version, n  int
+		delta       int64
+		dropped     bool
+		horizon     int64
+		wantErr     bool
+		wantDropped bool
+		wantHorizon int64
+		wantAt      int64
+	}{
+		{name: "v1 empty", version: 1, n: 0},
+		{name: "v1 partial: nothing dropped", version: 1, n: 5, wantAt: maxAt},
+		{name: "v1 full: what left is no newer than MaxAt", version: 1, n: opWindowV1, wantAt: maxAt, wantDropped: true, wantHorizon: maxAt},
+		{name: "v1 over its bound", version: 1, n: opWindowV1 + 1, wantErr: true},
+		{name: "v2", version: 2, n: 5, delta: 1234, wantAt: maxAt - 1234},
+		{name: "v2 horizon", version: 2, n: 3, delta: 7, dropped: true, horizon: maxAt - OpRetention - 1, wantAt: maxAt - 7, wantDropped: true, wantHorizon: maxAt - OpRetention - 1},
+		{name: "v2 horizon only", version: 2, n: 0, dropped: true, horizon: 42, wantDropped: true, wantHorizon: 42},
+		{name: "v2 full", version: 2, n: OpWindowMax, wantAt: maxAt},
+		{name: "v2 over its bound", version: 2, n: OpWindowMax + 1, wantErr: true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			w, err := snapReadOps(tt.version, snapOpsSection(tt.version, tt.n, tt.delta, tt.dropped, tt.horizon), maxAt)
+			if tt.wantErr {
+				if err == nil {
+					t.Fatal("read without error")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if w.len() != tt.n || (w != nil && (w.dropped != tt.wantDropped || w.horizon != tt.wantHorizon)) || (w == nil && tt.wantDropped) {
+				t.Fatalf("window %+v, want %d entries, dropped %v, horizon %d", w, tt.n, tt.wantDropped, tt.wantHorizon)
+			}
+			for i := 0; i < w.len(); i++ {
+				if e := w.entry(i); e.at != tt.wantAt || e.index != uint64(100+i) || e.op[1] != byte(i>>8) || e.op[2] != byte(i) {
+					t.Fatalf("entry %d: %+v, want at %d", i, e, tt.wantAt)
+				}
+			}
+			if w.len() > 0 && len(w.ring) != opWindowCap(w.len()) {
+				t.Fatalf("ring of %d for %d entries", len(w.ring), w.len())
+			}
+		})
 	}
 }

@@ -119,6 +119,9 @@ func (a *API) submit(ctx context.Context, c fsm.Command) (fsm.Result, error) {
 		return res, transport.ErrAlreadyPublished
 	case fsm.StatusFull:
 		return res, transport.ErrFull
+	case fsm.StatusTooOld:
+		// Not applied now; an earlier attempt of the op may have been.
+		return res, fmt.Errorf("%s %s: %w", c.Kind, res.Status, transport.ErrOutcomeUnknown)
 	}
 	return res, nil
 }
@@ -942,6 +945,9 @@ func (p *player) Handle(ctx context.Context, typ string, seq *int64, raw []byte)
 		return nil, fmt.Errorf("player no longer in the session: %w", transport.ErrRestarting)
 	case fsm.StatusNotFound:
 		return nil, transport.ErrGone
+	case fsm.StatusIgnored, fsm.StatusTooOld:
+		// No broadcast: the client's message times out, and it must treat the
+		// op as unknown (too_old: an earlier attempt may have been applied).
 	}
 	return nil, nil
 }
@@ -956,6 +962,8 @@ func (p *player) submit(ctx context.Context, c fsm.Command) error {
 		return fmt.Errorf("player no longer in the session: %w", transport.ErrRestarting)
 	case fsm.StatusNotFound:
 		return transport.ErrGone
+	case fsm.StatusTooOld:
+		// As an ignored message: no broadcast, the op's outcome is unknown.
 	}
 	return nil
 }

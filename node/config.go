@@ -8,6 +8,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"chorus/fsm"
 	"chorus/transport"
 )
 
@@ -55,7 +56,10 @@ type Config struct {
 
 	// ApplyTimeout bounds how long a proposal waits to enter the leader's queue. Default 5s.
 	ApplyTimeout time.Duration
-	// SubmitTimeout bounds Submit and Barrier when the caller's context has no deadline. Default 10s.
+	// SubmitTimeout bounds Submit and Barrier when the caller's context has no
+	// deadline. Default 10s. It, and every request deadline a caller gives
+	// Submit (transport's JoinTimeout, 10s), must stay well below
+	// fsm.OpRetention (60s): a retry after that is refused as too old.
 	SubmitTimeout time.Duration
 	// NoLeaderTimeout is how long Submit and Barrier wait for a leader before
 	// failing with a NoLeaderError. Default 3s.
@@ -74,6 +78,10 @@ type Config struct {
 	// Faults, when set, injects link faults between nodes (tests only).
 	Faults *transport.Faults
 }
+
+// opRetention is how long the FSM remembers an op ID (fsm.OpRetention): Submit
+// must stop retrying an op well before, or its retries are refused as too old.
+const opRetention = fsm.OpRetention * time.Millisecond
 
 func (c Config) withDefaults() Config {
 	if c.Logger == nil {
@@ -145,6 +153,9 @@ func (c Config) Validate() error {
 	}
 	if c.LeaderLeaseTimeout > c.HeartbeatTimeout {
 		errs = append(errs, errors.New("leader lease timeout must not exceed the heartbeat timeout"))
+	}
+	if c.SubmitTimeout <= 0 || c.SubmitTimeout >= opRetention {
+		errs = append(errs, fmt.Errorf("submit timeout %v must be positive and below the op retention of %v", c.SubmitTimeout, opRetention))
 	}
 	if c.MaxAppendEntries < 1 || c.MaxAppendEntries > 1024 {
 		errs = append(errs, errors.New("max append entries must be in 1..1024"))

@@ -211,6 +211,10 @@ func (a *API) fail(w http.ResponseWriter, op string, err error) {
 		writeJSON(w, http.StatusBadRequest, map[string]any{"error": "Validation failed", "details": ve.Details})
 	case errors.Is(err, ErrNotFound):
 		writeError(w, http.StatusNotFound, "Session not found")
+	case errors.Is(err, ErrOutcomeUnknown):
+		w.Header().Set("Retry-After", "1")
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"error": "Service temporarily unavailable",
+			"message": "The request could not be confirmed and may or may not have taken effect. Check the session, then try again.", "retryAfter": 1})
 	case errors.Is(err, ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
 		retry := 2 * time.Second
 		if errors.As(err, &hint) {

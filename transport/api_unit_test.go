@@ -456,6 +456,8 @@ func TestAPIErrorMapping(t *testing.T) {
 		{"no leader, short hint", hint(100 * time.Millisecond), 503, "", "1"},
 		{"unavailable", ErrUnavailable, 503, "", "2"},
 		{"deadline", context.DeadlineExceeded, 503, "", "2"},
+		{"outcome unknown", fmt.Errorf("rename too_old: %w", ErrOutcomeUnknown), 503,
+			`{"error":"Service temporarily unavailable","message":"The request could not be confirmed and may or may not have taken effect. Check the session, then try again.","retryAfter":1}`, "1"},
 		{"other", errors.New("disk on fire"), 500, "", ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -470,7 +472,9 @@ func TestAPIErrorMapping(t *testing.T) {
 				case 500:
 					want = `{"error":"Failed to ` + rt.op + `"}`
 				case 503:
-					want = `{"error":"Service temporarily unavailable","message":"The cluster has no leader right now. Please try again shortly.","retryAfter":` + tt.retry + `}`
+					if want == "" {
+						want = `{"error":"Service temporarily unavailable","message":"The cluster has no leader right now. Please try again shortly.","retryAfter":` + tt.retry + `}`
+					}
 				}
 				if rec.Code != tt.status || rec.Header().Get("Retry-After") != tt.retry {
 					t.Errorf("%s %s: %d Retry-After %q, want %d %q", rt.method, rt.path, rec.Code, rec.Header().Get("Retry-After"), tt.status, tt.retry)

@@ -20,6 +20,10 @@ var (
 	ErrRestarting = errors.New("service restart")
 	// ErrGone: the session was deleted while the socket was open.
 	ErrGone = errors.New("session deleted")
+	// ErrOutcomeUnknown: the write was not applied this time, but an earlier
+	// attempt of it may have been (503). The client may try again; a new
+	// request is a new operation.
+	ErrOutcomeUnknown = errors.New("outcome unknown")
 )
 
 // ValidationError carries the messages of failed validation rules (400).

@@ -141,7 +141,7 @@ func (a *API) serveWS(w http.ResponseWriter, r *http.Request, id string) {
 			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 			w.WriteHeader(http.StatusServiceUnavailable)
 			_, _ = w.Write([]byte("Session full (max 10 players)")) // as in get
-		case errors.Is(err, ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
+		case errors.Is(err, ErrUnavailable), errors.Is(err, ErrOutcomeUnknown), errors.Is(err, context.DeadlineExceeded):
 			w.Header().Set("Retry-After", "2")
 			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 			w.WriteHeader(http.StatusServiceUnavailable)
