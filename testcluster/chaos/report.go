@@ -154,10 +154,7 @@ func ednKeywords(ks []string) string {
 // cmd/chorus/chaos.go; an empty nemesis list is "none", since the flag's
 // default is all of them).
 func (r *Report) replayCommand() string {
-	nem := strings.Join(r.Nemeses, ",")
-	if nem == "" {
-		nem = "none"
-	}
+	nem := strings.Join(orNone(r.Nemeses), ",")
 	sessions := ""
 	if r.Sessions > 0 {
 		sessions = fmt.Sprintf(" --sessions %d", r.Sessions)
@@ -469,10 +466,7 @@ func (r *Report) htmlView() htmlReport {
 		TotalOps: len(ops),
 		RowCap:   historyMaxRows,
 	}
-	nem := strings.Join(r.Nemeses, ",")
-	if nem == "" {
-		nem = "none"
-	}
+	nem := strings.Join(orNone(r.Nemeses), ",")
 	v.Settings = []htmlKV{
 		{"seed", strconv.FormatInt(r.Seed, 10)},
 		{"duration", r.Duration.String()},
