@@ -147,15 +147,6 @@ func StartProcs(ctx context.Context, opts ProcOptions) (*Procs, error) {
 	return p, nil
 }
 
-func pickPort(ip string) (int, error) {
-	ln, err := holdPort(ip)
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}
-
 // holdPort listens on a free port of ip; the caller closes it.
 func holdPort(ip string) (net.Listener, error) {
 	ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
