@@ -181,7 +181,14 @@ func New(cfg Config) (*Node, error) {
 
 	n.observer = raft.NewObserver(n.obsCh, false, func(o *raft.Observation) bool {
 		switch o.Data.(type) {
-		case raft.LeaderObservation, raft.FailedHeartbeatObservation, raft.ResumedHeartbeatObservation:
+		case raft.LeaderObservation:
+			// Here, on raft's own goroutine, rather than in observe: the
+			// loop that drains obsCh also reaps and may be busy, and a full
+			// obsCh drops observations.
+			moved := make(chan struct{})
+			close(*n.leaderMoved.Swap(&moved))
+			return true
+		case raft.FailedHeartbeatObservation, raft.ResumedHeartbeatObservation:
 			return true
 		}
 		return false
@@ -375,8 +382,6 @@ func (n *Node) leaderBarrier(ctx context.Context, term uint64) {
 func (n *Node) observe(o raft.Observation) {
 	switch d := o.Data.(type) {
 	case raft.LeaderObservation:
-		moved := make(chan struct{})
-		close(*n.leaderMoved.Swap(&moved))
 		if d.LeaderID == "" {
 			n.log.Info("leader lost")
 		} else {

@@ -162,8 +162,6 @@ func (a *admin) transfer(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, a.cfg.Cluster.ClusterStatus())
 }
 
-// fail maps an operation's error to a status; clients never see internals
-// beyond the error's own text for bad requests.
 // state streams this node's FSM state as it stands, without a read barrier:
 // the chaos harness compares nodes byte for byte at equal indexes (I4). A
 // failure mid-stream truncates the body, which the snapshot's checksum
@@ -175,6 +173,8 @@ func (a *admin) state(w http.ResponseWriter, _ *http.Request) {
 	}
 }
 
+// fail maps an operation's error to a status; clients never see internals
+// beyond the error's own text for bad requests.
 func (a *admin) fail(w http.ResponseWriter, op string, err error) {
 	switch {
 	case errors.Is(err, ErrBadRequest):

@@ -442,6 +442,12 @@ func collectFinals(ctx context.Context, hc *http.Client, procs *testcluster.Proc
 		return b, nil
 	}
 	fetch := func(i int) error {
+		// The node's applied index, which also counts configuration
+		// entries, must not move while its state and hashes are read.
+		before, err := procs.Status(ctx, i)
+		if err != nil {
+			return err
+		}
 		b, err := get(i, "/cluster/state", token)
 		if err != nil {
 			return err
@@ -463,7 +469,7 @@ func collectFinals(ctx context.Context, hc *http.Client, procs *testcluster.Proc
 			hashes[s.id] = sync.ServerStateHash
 		}
 		// The hashes must be of the same state: nothing applied meanwhile.
-		if stat, err := procs.Status(ctx, i); err != nil || stat.AppliedIndex != st.Index() {
+		if after, err := procs.Status(ctx, i); err != nil || after.AppliedIndex != before.AppliedIndex {
 			return fmt.Errorf("%s moved on while it was read (%v)", procs.Nodes[i].ID, err)
 		}
 		states[i] = nodeState{b, st, hashes}
