@@ -73,18 +73,20 @@ func (s *State) begin(index uint64, c Command) (sess *Session, res Result, done 
 // window, as a duplicate of the recorded result; or, when it is not there but
 // is no newer than what has left the window, as StatusTooOld, because it may be
 // a retry whose record is gone (I6; see OpRetention). Neither changes
-// anything, not even MaxAt.
+// anything, not even MaxAt. A version-1 command is only looked up, as the
+// rule it was written under did (see opWindow.addLegacy).
 func recall(sess *Session, index uint64, c Command) (Result, bool) {
 	if e, ok := sess.ops.find(c.Op); ok {
 		return Result{Status: e.status, Index: e.index, Duplicate: true}, true
 	}
-	if sess.ops.tooOld(c.At) {
+	if !c.legacy() && sess.ops.tooOld(c.At) { // the v1 rule refused nothing
 		return Result{Status: StatusTooOld, Index: index}, true
 	}
 	return Result{}, false
 }
 
-// finish records the op and its result in the session's window.
+// finish records the op and its result in the session's window, under the
+// rule of the command's version.
 func finish(sess *Session, c Command, index uint64, st Status) Result {
 	if c.At > sess.MaxAt {
 		sess.MaxAt = c.At
@@ -92,7 +94,12 @@ func finish(sess *Session, c Command, index uint64, st Status) Result {
 	if sess.ops == nil {
 		sess.ops = &opWindow{}
 	}
-	sess.ops.add(opEntry{op: c.Op, status: st, index: index, at: c.At}, sess.MaxAt)
+	e := opEntry{op: c.Op, status: st, index: index, at: c.At}
+	if c.legacy() {
+		sess.ops.addLegacy(e)
+	} else {
+		sess.ops.add(e, sess.MaxAt)
+	}
 	return Result{Status: st, Index: index}
 }
 

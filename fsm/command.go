@@ -11,7 +11,18 @@ import (
 // CommandVersion is the version of the command encoding that Encode writes.
 // Decode accepts every version up to it, forever: entries stay in logs and
 // snapshots of old clusters.
-const CommandVersion = 1
+//
+// The version also selects how Apply remembers the op (invariant I4: every
+// replica must apply an entry by the rule it was written under):
+//
+//	v1: the previous release's rule, the last 64 op IDs of the session by
+//	    count, with no times and no horizon (see opWindow.addLegacy).
+//	v2: the time window of OpRetention/OpWindowMax with its horizon.
+const CommandVersion = 2
+
+// commandVersionLegacy is the command version applied under the count-based
+// op rule of the previous release.
+const commandVersionLegacy = 1
 
 // Kind says what a command does. Its string form is what the log stores, so a
 // name never changes once released.
@@ -172,6 +183,12 @@ func (o *OpID) UnmarshalText(b []byte) error {
 // the log keeps what was asked for, and the model's parser is the one place
 // that reads it.
 type Command struct {
+	// Version is the encoding version Decode read (1..CommandVersion); 0,
+	// as in a command built in memory, means CommandVersion. It is not a
+	// JSON field: the envelope carries it, and Encode always writes
+	// CommandVersion.
+	Version uint8 `json:"-"`
+
 	Kind Kind  `json:"kind"`
 	Op   OpID  `json:"op"`
 	At   int64 `json:"at"` // proposer's clock, Unix ms
@@ -224,7 +241,8 @@ type envelope struct {
 	Command
 }
 
-// Encode writes the command in the current encoding.
+// Encode writes the command in the current encoding, CommandVersion, whatever
+// c.Version is.
 func Encode(c Command) ([]byte, error) {
 	if c.Kind == 0 || c.Kind >= kindEnd {
 		return nil, fmt.Errorf("encode command: %w: %d", ErrUnknownKind, uint8(c.Kind))
@@ -263,8 +281,13 @@ func Decode(b []byte) (Command, error) {
 			return Command{}, errors.New("decode command: invalid payload")
 		}
 	}
-	return env.Command, nil
+	c := env.Command
+	c.Version = uint8(env.V)
+	return c, nil
 }
+
+// legacy reports whether c is applied under the op rule of command version 1.
+func (c Command) legacy() bool { return c.Version == commandVersionLegacy }
 
 // Status is the outcome of applying a command. Failures that clients cause are
 // statuses, not errors: every replica reaches the same one.

@@ -258,6 +258,11 @@ func (r eventRing) clone() eventRing {
 // nodes differ, a forward may be slow), so pruning from the oldest end keeps
 // some entries longer than it must: that only costs memory.
 //
+// Commands of version 1 (written by the previous release) keep that
+// release's rule instead, so that every replica applies an old entry alike
+// whether it replays it or restores a snapshot taken after it: see
+// opWindow.addLegacy.
+//
 // The price: a new op whose At is at or below the horizon, that is one stamped
 // by a node whose clock lags the session's other proposers by more than
 // OpRetention, or more than the time OpWindowMax ops took, is refused as well.
@@ -344,18 +349,49 @@ func (w *opWindow) tooOld(at int64) bool { return w != nil && w.dropped && at <=
 // add records e. maxAt is the session's MaxAt, e.at included. First it drops
 // the oldest entries while they are more than OpRetention behind maxAt or the
 // window is full.
+//
+// A legacy entry (at 0, see addLegacy) leaves like any other, at the first op
+// of the time rule when MaxAt is past OpRetention, but it does not set dropped
+// or raise the horizon: the legacy rule never refused a retry it had
+// forgotten, and real times are positive, so no horizon from it could refuse
+// anything but an op stamped at 0 or before.
 func (w *opWindow) add(e opEntry, maxAt int64) {
 	for w.n > 0 && (w.n >= OpWindowMax || expired(w.ring[w.start].at, maxAt)) {
 		old := w.ring[w.start].at
-		if !w.dropped || old > w.horizon {
+		if old > 0 && (!w.dropped || old > w.horizon) {
 			w.dropped, w.horizon = true, old
 		}
-		if w.index != nil {
-			w.unindex(w.start)
-		}
-		w.start = (w.start + 1) & (len(w.ring) - 1)
-		w.n--
+		w.dropOldest()
 	}
+	w.push(e)
+}
+
+// addLegacy records e under the op rule of command version 1, which the
+// previous release applied: the window is the last opWindowV1 ops by count.
+// The entry gets at 0 (the rule had no times), and the oldest entries leave
+// without setting dropped or the horizon (it had no horizon). So restoring a
+// v1 snapshot taken at index i (which builds the same window, see
+// decoder.opWindow) and applying the version-1 entries after i gives what
+// applying them all would (I4).
+func (w *opWindow) addLegacy(e opEntry) {
+	e.at = 0
+	for w.n >= opWindowV1 {
+		w.dropOldest()
+	}
+	w.push(e)
+}
+
+// dropOldest removes the oldest entry; the caller keeps the horizon.
+func (w *opWindow) dropOldest() {
+	if w.index != nil {
+		w.unindex(w.start)
+	}
+	w.start = (w.start + 1) & (len(w.ring) - 1)
+	w.n--
+}
+
+// push appends e as the newest entry, growing or shrinking the ring.
+func (w *opWindow) push(e opEntry) {
 	switch {
 	case w.n == len(w.ring):
 		w.resize(max(2*w.n, 1))

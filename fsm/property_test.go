@@ -1114,7 +1114,7 @@ func TestPropOpWindow(t *testing.T) {
 			}
 			sess.ops.add(e, sess.MaxAt)
 			for len(m.entries) > 0 && (len(m.entries) >= OpWindowMax || m.entries[0].at < sess.MaxAt-OpRetention) {
-				if !m.dropped || m.entries[0].at > m.horizon {
+				if m.entries[0].at > 0 && (!m.dropped || m.entries[0].at > m.horizon) { // a legacy entry (at 0) sets no horizon
 					m.dropped, m.horizon = true, m.entries[0].at
 				}
 				gone = append(gone, m.entries[0].op)

@@ -33,14 +33,18 @@ import (
 //	v1: an entry has no at, and there is no dropped/horizon; at most 64 entries
 //	    (the window was the last 64 ops).
 //	v2: each entry's at, as its distance below the session's MaxAt (small
-//	    and never negative in practice), and the window's horizon.
+//	    and never negative in practice; MaxAt itself for a legacy entry,
+//	    whose at is 0), and the window's horizon.
 //
 // Migrations: WriteSnapshot always writes SnapshotVersion. ReadSnapshot keeps a
 // reader for every version ever released; a reader for an older version builds
 // the current model, filling new fields with what they meant before they
-// existed: a v1 entry gets at = the session's MaxAt (it can be no newer, and so
-// it stays at least OpRetention from then); a v1 window holding fewer than 64
-// entries never dropped one, and a full one gets the horizon MaxAt.
+// existed. A v1 window is rebuilt exactly as the legacy op rule of command
+// version 1 (opWindow.addLegacy) builds it: entries with at = 0, not dropped,
+// no horizon. So restoring a v1 snapshot taken at index i and replaying the
+// version-1 entries after i gives the window of a v1 snapshot taken later, on
+// every replica (I4). The first op of version 2 prunes the at = 0 entries
+// (once MaxAt is past OpRetention) without raising the horizon.
 // The readers are shared: d.version is consulted only where versions differ.
 // testdata/snapshot-v1.bin and testdata/snapshot-v2.bin are golden files that
 // every later version must still restore.
@@ -561,20 +565,14 @@ func (d *decoder) opWindow(maxAt int64) *opWindow {
 		copy(o.op[:], d.raw(len(o.op)))
 		o.status = Status(d.small(255, "status"))
 		o.index = d.uvarint()
-		o.at = maxAt // v1: no newer than the session's newest op
 		if d.version >= 2 {
 			o.at = maxAt - d.varint()
-		}
+		} // v1: at 0, as opWindow.addLegacy records it
 	}
-	switch {
-	case d.version >= 2:
-		if d.bool() {
-			w.dropped, w.horizon = true, d.varint()
-		}
-	case n == opWindowV1:
-		// A full v1 window may have let ops go, each proposed no later than
-		// the session's MaxAt: refuse what is not newer.
-		w.dropped, w.horizon = true, maxAt
+	// v1 had no horizon: a window built by the legacy rule (addLegacy) never
+	// drops one, full or not.
+	if d.version >= 2 && d.bool() {
+		w.dropped, w.horizon = true, d.varint()
 	}
 	if w.n == 0 && !w.dropped {
 		return nil

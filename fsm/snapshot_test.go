@@ -142,19 +142,18 @@ func snapReadGolden(tb testing.TB, version int) []byte {
 
 func TestSnapshotV1Golden(t *testing.T) {
 	golden := snapGoldenTest(t, 1)
-	// v1 has no proposer times for op entries: each gets the session's MaxAt,
-	// so it stays OpRetention from the restore's newest op. Fewer than 64
-	// entries: the v1 window never dropped one.
+	// v1 has no proposer times for op entries: the window is what the legacy
+	// op rule of command version 1 builds, entries at 0 and no horizon.
 	s := snapRestore(t, golden)
 	for _, id := range s.SessionIDs() {
 		sess := s.Session(id)
 		w := sess.ops
-		if w.len() == 0 || w.dropped {
-			t.Fatalf("session %s: %d op entries, dropped %v", id, w.len(), w.dropped)
+		if w.len() == 0 || w.dropped || w.horizon != 0 {
+			t.Fatalf("session %s: %d op entries, dropped %v, horizon %d", id, w.len(), w.dropped, w.horizon)
 		}
 		for i := 0; i < w.len(); i++ {
-			if e := w.entry(i); e.at != sess.MaxAt {
-				t.Errorf("session %s: op entry %d (index %d) at %d, want MaxAt %d", id, i, e.index, e.at, sess.MaxAt)
+			if e := w.entry(i); e.at != 0 {
+				t.Errorf("session %s: op entry %d (index %d) at %d, want 0", id, i, e.index, e.at)
 			}
 		}
 	}
@@ -656,7 +655,7 @@ func snapReadOps(version int, b []byte, maxAt int64) (*opWindow, error) {
 }
 
 // TestSnapshotOpWindowVersions: the op window reader of each version, its
-// migration of v1 and its bounds.
+// migration of v1 (to what the legacy op rule builds) and its bounds.
 func TestSnapshotOpWindowVersions(t *testing.T) {
 	const maxAt = 1_700_000_123_456
 	for _, tt := range []struct {
@@ -671,8 +670,8 @@ func TestSnapshotOpWindowVersions(t *testing.T) {
 		wantAt      int64
 	}{
 		{name: "v1 empty", version: 1, n: 0},
-		{name: "v1 partial: nothing dropped", version: 1, n: 5, wantAt: maxAt},
-		{name: "v1 full: what left is no newer than MaxAt", version: 1, n: opWindowV1, wantAt: maxAt, wantDropped: true, wantHorizon: maxAt},
+		{name: "v1 partial: legacy entries", version: 1, n: 5},
+		{name: "v1 full: legacy entries, no horizon", version: 1, n: opWindowV1},
 		{name: "v1 over its bound", version: 1, n: opWindowV1 + 1, wantErr: true},
 		{name: "v2", version: 2, n: 5, delta: 1234, wantAt: maxAt - 1234},
 		{name: "v2 horizon", version: 2, n: 3, delta: 7, dropped: true, horizon: maxAt - OpRetention - 1, wantAt: maxAt - 7, wantDropped: true, wantHorizon: maxAt - OpRetention - 1},
