@@ -17,6 +17,12 @@ import (
 // 512 KiB; a client message or HTTP body is at most 64 KiB.
 const MaxEntryBytes = 256 << 10
 
+// MaxClockAhead is how far ahead of the leader's clock a forwarded command
+// may be stamped. A session forgets op IDs by proposer time (fsm.OpRetention),
+// so one proposer whose clock ran far ahead would make the session refuse the
+// others' writes for as long; the leader refuses its commands instead.
+const MaxClockAhead = 5 * time.Second
+
 // Peer RPC methods.
 const (
 	rpcForward  uint8 = 1 // an encoded command → encoded Result
@@ -324,8 +330,14 @@ func (h rpcHandler) ServeRPC(ctx context.Context, from string, method uint8, req
 		if n.raft.State() != raft.Leader {
 			return nil, &transport.RPCError{Code: codeNotLeader, Msg: "not leader"}
 		}
-		if _, err := fsm.Decode(req); err != nil {
+		c, err := fsm.Decode(req)
+		if err != nil {
 			return nil, &transport.RPCError{Code: codeBadInput, Msg: err.Error()}
+		}
+		if ahead := time.Duration(c.At-n.cfg.Now().UnixMilli()) * time.Millisecond; ahead > MaxClockAhead {
+			n.log.Warn("refused a command stamped ahead of this leader's clock", "ahead", ahead, "kind", c.Kind.String())
+			return nil, &transport.RPCError{Code: codeBadInput,
+				Msg: fmt.Sprintf("the proposer's clock is %v ahead of the leader's (at most %v allowed)", ahead.Round(time.Millisecond), MaxClockAhead)}
 		}
 		res, err := n.applyLocal(ctx, req)
 		if err != nil {

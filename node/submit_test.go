@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -217,4 +218,35 @@ func TestSubmitErrors(t *testing.T) {
 	if err := fn.Close(); err != nil {
 		t.Fatalf("second close: %v", err)
 	}
+}
+
+// TestClockAheadRefused: the leader refuses a forwarded command stamped more
+// than MaxClockAhead ahead of its own clock, so that one node with a clock
+// far ahead cannot make sessions forget op IDs early (fsm.OpRetention) and
+// refuse everyone else's writes; once the clock is right, writes go through.
+func TestClockAheadRefused(t *testing.T) {
+	var offsets [3]atomic.Int64 // per member, added to its clock
+	c := testcluster.New(t, testcluster.Options{FirstIP: 236, Configure: func(i int, cfg *node.Config) {
+		cfg.Now = func() time.Time { return time.Now().Add(time.Duration(offsets[i].Load())) }
+	}})
+	ctx := testcluster.Context(t, time.Minute)
+	leader, followers := waitFollowers(t, c)
+	settle(t, c, waitLong)
+	s, p := sessionID(1), playerID(1)
+	f := c.Members[followers[0]]
+	createSession(t, ctx, c.Members[leader].Node(), s)
+	joinPlayer(t, ctx, c.Members[leader].Node(), s, p)
+
+	offsets[f.Index].Store(int64(2 * time.Minute))
+	_, err := f.Node().Submit(ctx, setTempo(s, p, 70))
+	if err == nil || !strings.Contains(err.Error(), "ahead of the leader's") {
+		t.Fatalf("a command stamped 2 min ahead through %s: %v, want a refusal naming the clock", f.ID, err)
+	}
+	offsets[f.Index].Store(0)
+	submit(t, ctx, f.Node(), setTempo(s, p, 71), fsm.StatusOK)
+	readSession(t, ctx, c.Members[leader].Node(), s, func(s *fsm.Session) {
+		if s.State.Tempo != 71 {
+			t.Errorf("tempo %v, want 71 (the refused 70 must not apply)", s.State.Tempo)
+		}
+	})
 }
