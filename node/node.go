@@ -35,10 +35,10 @@ type Node struct {
 
 	notifyCh chan bool
 	obsCh    chan raft.Observation
-	// leaderMoved is closed, and replaced, whenever this node's view of the
+	// leaderMoved is cancelled, and replaced, whenever this node's view of the
 	// leader changes, so that a forward to a leader that froze or lost its
 	// place gives up at once instead of at its deadline.
-	leaderMoved atomic.Pointer[chan struct{}]
+	leaderMoved atomic.Pointer[leaderView]
 	observer    *raft.Observer
 
 	readyTerm atomic.Uint64 // the term in which this leader committed its barrier
@@ -86,8 +86,7 @@ func New(cfg Config) (*Node, error) {
 		epochKick: make(chan struct{}, 1),
 		started:   time.Now(),
 	}
-	moved := make(chan struct{})
-	n.leaderMoved.Store(&moved)
+	n.leaderMoved.Store(newLeaderView())
 	ctx, cancel := context.WithCancel(context.Background())
 	n.stop, n.halt = cancel, ctx.Done()
 	n.fsm = newAdapter(log.Named("fsm"), n.hub)
@@ -185,8 +184,7 @@ func New(cfg Config) (*Node, error) {
 			// Here, on raft's own goroutine, rather than in observe: the
 			// loop that drains obsCh also reaps and may be busy, and a full
 			// obsCh drops observations.
-			moved := make(chan struct{})
-			close(*n.leaderMoved.Swap(&moved))
+			n.leaderMoved.Swap(newLeaderView()).cancel()
 			return true
 		case raft.FailedHeartbeatObservation, raft.ResumedHeartbeatObservation:
 			return true
@@ -377,6 +375,18 @@ func (n *Node) leaderBarrier(ctx context.Context, term uint64) {
 	if n.raft.CurrentTerm() == term {
 		n.readyTerm.Store(term)
 	}
+}
+
+// leaderView lasts as long as one view of the leader: its ctx is cancelled
+// when the view changes.
+type leaderView struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+func newLeaderView() *leaderView {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &leaderView{ctx, cancel}
 }
 
 func (n *Node) observe(o raft.Observation) {

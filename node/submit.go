@@ -127,7 +127,7 @@ func (n *Node) submitOnce(ctx context.Context, data []byte) (fsm.Result, error) 
 	if n.closed() {
 		return fsm.Result{}, ErrShutdown
 	}
-	moved := *n.leaderMoved.Load() // before the leader is read, so no change slips between
+	moved := n.leaderMoved.Load().ctx // before the leader is read, so no change slips between
 	addr, id := n.raft.LeaderWithID()
 	switch {
 	case id == "":
@@ -150,20 +150,15 @@ func (n *Node) submitOnce(ctx context.Context, data []byte) (fsm.Result, error) 
 }
 
 // callLeader calls method on the leader at addr. The attempt ends early when
-// moved closes, that is when this node sees the leader change: a leader that
+// moved ends, that is when this node sees the leader change: a leader that
 // froze (SIGSTOP, a partition) would otherwise hold the request until its
 // deadline although a new leader took over. A forwarded command's retry
 // keeps its op ID.
-func (n *Node) callLeader(ctx context.Context, addr string, method uint8, data []byte, moved <-chan struct{}) ([]byte, error) {
+func (n *Node) callLeader(ctx context.Context, addr string, method uint8, data []byte, moved context.Context) ([]byte, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go func() {
-		select {
-		case <-moved:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
+	stop := context.AfterFunc(moved, cancel) // no goroutine until the view changes
+	defer stop()
 	return n.peer.Call(ctx, addr, method, data)
 }
 
@@ -255,7 +250,7 @@ func (n *Node) readIndex(ctx context.Context) (uint64, error) {
 	if n.closed() {
 		return 0, ErrShutdown
 	}
-	moved := *n.leaderMoved.Load()
+	moved := n.leaderMoved.Load().ctx
 	addr, id := n.raft.LeaderWithID()
 	switch {
 	case id == "":
