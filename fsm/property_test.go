@@ -76,6 +76,18 @@ func propReplay(tb propTB, logs ...genLog) []byte {
 
 // propEventsJSON is everything an event says: its wire form, and the routing
 // fields that the wire form leaves out.
+// propSameOutcome fails unless two applies of one entry gave the same result
+// and the same events.
+func propSameOutcome(tb propTB, where string, ra, rb Result, ea, eb []Event) {
+	tb.Helper()
+	if ra != rb {
+		tb.Fatalf("%s: results %+v / %+v", where, ra, rb)
+	}
+	if ja, jb := propEventsJSON(ea), propEventsJSON(eb); ja != jb {
+		tb.Fatalf("%s: events\n%s\n%s", where, ja, jb)
+	}
+}
+
 func propEventsJSON(evs []Event) string {
 	var b []byte
 	for i := range evs {
@@ -376,12 +388,7 @@ func TestPropDeterminism(t *testing.T) {
 				propSnapshot(t, b.Clone())
 			}
 			rb, eb := b.Apply(e.Index, e.Cmd)
-			if ra != rb {
-				t.Fatalf("entry %d: results %+v / %+v", e.Index, ra, rb)
-			}
-			if ja, jb := propEventsJSON(ea), propEventsJSON(eb); ja != jb {
-				t.Fatalf("entry %d: events\n%s\n%s", e.Index, ja, jb)
-			}
+			propSameOutcome(t, "entry "+strconv.FormatUint(e.Index, 10), ra, rb, ea, eb)
 		}
 		if sa, sb := propSnapshot(t, a), propSnapshot(t, b); !bytes.Equal(sa, sb) {
 			t.Fatalf("snapshots differ (%d / %d bytes)", len(sa), len(sb))
@@ -411,12 +418,7 @@ func TestPropSnapshotRoundTrip(t *testing.T) {
 		for _, e := range log[k:] {
 			rs, es := s.Apply(e.Index, e.Cmd)
 			rr, er := r.Apply(e.Index, e.Cmd)
-			if rs != rr {
-				t.Fatalf("entry %d after restore: results %+v / %+v", e.Index, rs, rr)
-			}
-			if js, jr := propEventsJSON(es), propEventsJSON(er); js != jr {
-				t.Fatalf("entry %d after restore: events\n%s\n%s", e.Index, js, jr)
-			}
+			propSameOutcome(t, "entry "+strconv.FormatUint(e.Index, 10)+" after restore", rs, rr, es, er)
 		}
 		if fs, fr := propSnapshot(t, s), propSnapshot(t, r); !bytes.Equal(fs, fr) {
 			t.Fatalf("final snapshots differ (%d / %d bytes)", len(fs), len(fr))

@@ -146,29 +146,21 @@ func TestWrongSecretCannotDisturb(t *testing.T) {
 	})
 
 	// Watch for four election timeouts, well past the intruder's first campaign.
-	window := time.NewTimer(4 * 500 * time.Millisecond)
-	defer window.Stop()
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for watching := true; watching; {
-		select {
-		case <-window.C:
-			watching = false
-		case <-tick.C:
-		}
+	testcluster.Consistently(t, 4*500*time.Millisecond, func() error {
 		l, err := c.LeaderIndex(good...)
 		if err != nil || l != leader {
-			t.Fatalf("leader moved to %d (%v) while the intruder ran", l, err)
+			return fmt.Errorf("leader moved to %d (%v) while the intruder ran", l, err)
 		}
 		for _, i := range good {
 			if st := c.Members[i].Node().Status(); st.Term != before.Term {
-				t.Fatalf("%s term %d → %d while the intruder ran", st.ID, before.Term, st.Term)
+				return fmt.Errorf("%s term %d → %d while the intruder ran", st.ID, before.Term, st.Term)
 			}
 		}
 		if st := intruder.Status(); st.State == "leader" || st.Leader.ID != "" {
-			t.Fatalf("intruder: %+v", st)
+			return fmt.Errorf("intruder: %+v", st)
 		}
-	}
+		return nil
+	})
 	if st := intruder.Status(); st.State != "candidate" {
 		t.Fatalf("intruder is %s, want candidate (it can reach no one)", st.State)
 	}

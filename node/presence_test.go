@@ -113,20 +113,12 @@ func TestNoReapAfterLeadershipReturns(t *testing.T) {
 		t.Fatalf("leader %s, want %s", c.Members[got].ID, c.Members[l].ID)
 	}
 	// Watch past the presence timeout and a reap tick: x is reachable all along.
-	window := time.NewTimer(presence + 1500*time.Millisecond)
-	defer window.Stop()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for watching := true; watching; {
-		select {
-		case <-window.C:
-			watching = false
-		case <-tick.C:
-		}
+	testcluster.Consistently(t, presence+1500*time.Millisecond, func() error {
 		if !hasPlayer(ln, s, playerID(1)) {
-			t.Fatalf("%s reaped the players of %s, which it reaches fine, after it led again", c.Members[l].ID, c.Members[x].ID)
+			return fmt.Errorf("%s reaped the players of %s, which it reaches fine, after it led again", c.Members[l].ID, c.Members[x].ID)
 		}
-	}
+		return nil
+	})
 }
 
 // TestRemovedMemberPlayersDropped removes a follower that hosts a player:

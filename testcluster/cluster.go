@@ -30,6 +30,18 @@ func Eventually(tb testing.TB, within time.Duration, cond func() error) {
 	}
 }
 
+// Consistently checks cond every 10 ms for the whole of d and fails the
+// test at the first error: something that must stay true, not become true.
+func Consistently(tb testing.TB, d time.Duration, cond func() error) {
+	tb.Helper()
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); {
+		if err := cond(); err != nil {
+			tb.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond) // poll interval only
+	}
+}
+
 // Poll is Eventually without a test: it returns cond's last error after within.
 func Poll(within time.Duration, cond func() error) error {
 	deadline := time.Now().Add(within)
@@ -286,15 +298,22 @@ func (c *Cluster) stopHTTP(m *Member) {
 	m.api, m.srv, m.served = nil, nil, nil
 }
 
+// detach takes member m's node out of the cluster and stops its HTTP server;
+// the caller stops the node. It returns nil if m was not running.
+func (c *Cluster) detach(m *Member) *node.Node {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := m.node
+	m.node = nil
+	c.stopHTTP(m)
+	return n
+}
+
 // Kill stops member i at once: no leadership transfer, subscribers dropped.
 func (c *Cluster) Kill(i int) {
 	c.tb.Helper()
 	m := c.Members[i]
-	m.mu.Lock()
-	n := m.node
-	m.node = nil
-	c.stopHTTP(m)
-	m.mu.Unlock()
+	n := c.detach(m)
 	if n == nil {
 		return
 	}
@@ -308,11 +327,7 @@ func (c *Cluster) Kill(i int) {
 func (c *Cluster) Stop(i int) {
 	c.tb.Helper()
 	m := c.Members[i]
-	m.mu.Lock()
-	n := m.node
-	m.node = nil
-	c.stopHTTP(m)
-	m.mu.Unlock()
+	n := c.detach(m)
 	if n == nil {
 		return
 	}
@@ -442,6 +457,10 @@ func Context(tb testing.TB, d time.Duration) context.Context {
 	tb.Cleanup(cancel)
 	return ctx
 }
+
+// LogWriter returns a writer that sends each line to tb's log; lines written
+// after the test has finished go to stderr instead of panicking.
+func LogWriter(tb testing.TB) io.Writer { return &testWriter{tb: tb} }
 
 // testWriter sends log lines to the test log. Lines written after the test
 // has finished go to stderr instead of panicking.

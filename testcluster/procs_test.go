@@ -8,9 +8,11 @@ import (
 	"time"
 )
 
-// TestProcsKillAndRestart runs three real chorus serve processes, SIGKILLs
-// the leader, waits for a new one, and brings the old leader back.
-func TestProcsKillAndRestart(t *testing.T) {
+// startTestProcs builds chorus and runs three nodes from 127.0.0.firstIP,
+// skipping in -short mode. It returns them, a context for the test, and the
+// leader.
+func startTestProcs(t *testing.T, firstIP int) (*Procs, context.Context, int) {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("multi-process test")
 	}
@@ -18,9 +20,8 @@ func TestProcsKillAndRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	p, err := StartProcs(ctx, ProcOptions{Binary: bin, Dir: t.TempDir(), FirstIP: 41})
+	ctx := Context(t, 60*time.Second)
+	p, err := StartProcs(ctx, ProcOptions{Binary: bin, Dir: t.TempDir(), FirstIP: firstIP})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -29,6 +30,13 @@ func TestProcsKillAndRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return p, ctx, leader
+}
+
+// TestProcsKillAndRestart runs three real chorus serve processes, SIGKILLs
+// the leader, waits for a new one, and brings the old leader back.
+func TestProcsKillAndRestart(t *testing.T) {
+	p, ctx, leader := startTestProcs(t, 41)
 	if err := p.Kill(leader); err != nil {
 		t.Fatal(err)
 	}
@@ -82,24 +90,7 @@ func TestProcsKillAndRestart(t *testing.T) {
 // TestProcsRemoveStartFreshAddBack removes a follower through the other
 // follower, wipes it, starts it without --peers and adds it back.
 func TestProcsRemoveStartFreshAddBack(t *testing.T) {
-	if testing.Short() {
-		t.Skip("multi-process test")
-	}
-	bin, err := BuildBinary(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	p, err := StartProcs(ctx, ProcOptions{Binary: bin, Dir: t.TempDir(), FirstIP: 44})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(p.Close)
-	leader, err := p.WaitLeader(ctx, 10*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, ctx, leader := startTestProcs(t, 44)
 	victim, via := (leader+1)%3, (leader+2)%3
 	members := func(want int, nodes ...int) func() error {
 		return func() error {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"html/template"
 	"io"
+	"maps"
 	"math"
 	"slices"
 	"strconv"
@@ -92,7 +93,7 @@ func (r *Report) Summary() string {
 	e = append(e, ednEntry("notes", "["+strings.Join(notes, "\n ")+"]"))
 
 	var logs []string
-	for _, id := range sortedMapKeys(r.Logs) {
+	for _, id := range slices.Sorted(maps.Keys(r.Logs)) {
 		logs = append(logs, ednEntry(id, strconv.Quote(r.Logs[id])))
 	}
 	e = append(e, ednEntry("logs", ednMap(logs)))
@@ -285,7 +286,7 @@ func tallyFaults(nemeses []string, faults []Fault) []faultTally {
 		}
 	}
 	out := make([]faultTally, 0, len(by))
-	for _, k := range sortedMapKeys(by) {
+	for _, k := range slices.Sorted(maps.Keys(by)) {
 		out = append(out, *by[k])
 	}
 	return out
@@ -308,15 +309,6 @@ func requests(ops []check.Op) []check.Op {
 		out = append(out, o)
 	}
 	return out
-}
-
-func sortedMapKeys[V any](m map[string]V) []string {
-	ks := make([]string, 0, len(m))
-	for k := range m {
-		ks = append(ks, k)
-	}
-	slices.Sort(ks)
-	return ks
 }
 
 // plotSample picks the ops of the latency plot: all of them up to
@@ -481,7 +473,7 @@ func (r *Report) htmlView() htmlReport {
 	if !r.Started.IsZero() {
 		v.Settings = append(v.Settings, htmlKV{"started", r.Started.UTC().Format(time.RFC3339)})
 	}
-	for _, id := range sortedMapKeys(r.Logs) {
+	for _, id := range slices.Sorted(maps.Keys(r.Logs)) {
 		v.Logs = append(v.Logs, htmlKV{id, r.Logs[id]})
 	}
 
@@ -505,7 +497,7 @@ func (r *Report) htmlView() htmlReport {
 
 	for _, res := range r.Results {
 		var counts []string
-		for _, k := range sortedMapKeys(res.Counts) {
+		for _, k := range slices.Sorted(maps.Keys(res.Counts)) {
 			counts = append(counts, fmt.Sprintf("%s=%d", k, res.Counts[k]))
 		}
 		v.Results = append(v.Results, htmlResult{
@@ -681,7 +673,7 @@ func (r *Report) plot(ops []check.Op, t0 time.Time) htmlPlot {
 	for _, o := range reportOutcomes {
 		legend(outcomeClass(o), string(o))
 	}
-	for _, k := range sortedMapKeys(kinds) {
+	for _, k := range slices.Sorted(maps.Keys(kinds)) {
 		legend("swatch "+faultClass(k), k)
 	}
 	return p

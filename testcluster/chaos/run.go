@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	mrand "math/rand/v2"
 	"net/http"
 	"os"
@@ -308,7 +309,7 @@ func finalReads(h *check.History, procs *testcluster.Procs) {
 			if ns.Node != n.ID || ns.Registers == nil {
 				continue
 			}
-			for _, k := range sortedMapKeys(h.Initial[ns.Session]) {
+			for _, k := range slices.Sorted(maps.Keys(h.Initial[ns.Session])) {
 				h.Ops = append(h.Ops, check.Op{Client: finalClient + i, Session: ns.Session, Kind: check.KindRead, Key: k,
 					Value: ns.Registers[k], OpID: "final-" + n.ID, Invoke: end, Complete: end, Outcome: check.OK})
 			}

@@ -5,27 +5,12 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"chorus/testcluster"
 	"chorus/testcluster/check"
 )
-
-// testLog writes progress lines to the test log.
-type testLog struct {
-	mu sync.Mutex
-	tb testing.TB
-}
-
-func (w *testLog) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.tb.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
 
 // envInt reads an integer knob of the test from the environment.
 func envInt(tb testing.TB, name string, def int64) int64 {
@@ -58,7 +43,7 @@ func TestChaosRun(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(secs)*time.Second+4*time.Minute)
 	defer cancel()
 	rep, err := Run(ctx, Options{Binary: bin, Dir: dir, Seed: seed, Duration: time.Duration(secs) * time.Second,
-		Nemeses: AllNemeses, Out: &testLog{tb: t}})
+		Nemeses: AllNemeses, Out: testcluster.LogWriter(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"sort"
@@ -146,7 +147,7 @@ func Convergence(h *History) Result {
 		by[n.Session] = append(by[n.Session], n)
 		nodes[n.Node] = true
 	}
-	for _, s := range sortedKeys(by) {
+	for _, s := range slices.Sorted(maps.Keys(by)) {
 		states := by[s]
 		slices.SortStableFunc(states, func(a, b NodeState) int { return cmp.Compare(a.Node, b.Node) })
 		r.Counts["sessions"]++
@@ -165,7 +166,7 @@ func Convergence(h *History) Result {
 					s, n.Index, n.Node, len(n.Snapshot), ref.Node, len(ref.Snapshot), firstDiff(n.Snapshot, ref.Snapshot))
 			}
 		}
-		for _, n := range sortedKeys(nodes) {
+		for _, n := range slices.Sorted(maps.Keys(nodes)) {
 			if !have[n] {
 				r.fail("session %s: node %s reported no state", s, n)
 			}

@@ -2,7 +2,8 @@ package check
 
 import (
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 	"strings"
 )
 
@@ -69,7 +70,7 @@ func Summary(h *History, rs []Result) string {
 			b.WriteString("\n ")
 		}
 		fmt.Fprintf(&b, ":%s {:valid? %t", r.Name, r.Valid)
-		for _, k := range sortedKeys(r.Counts) {
+		for _, k := range slices.Sorted(maps.Keys(r.Counts)) {
 			fmt.Fprintf(&b, ", :%s %d", k, r.Counts[k])
 		}
 		if len(r.Problems) > 0 {
@@ -94,13 +95,4 @@ func Summary(h *History, rs []Result) string {
 	fmt.Fprintf(&b, ":ops {:ok %d, :failed %d, :unknown %d},\n :valid? %t}\n",
 		n[OK], n[Failed], n[Unknown], Valid(rs))
 	return b.String()
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	ks := make([]string, 0, len(m))
-	for k := range m {
-		ks = append(ks, k)
-	}
-	sort.Strings(ks)
-	return ks
 }
