@@ -331,6 +331,17 @@ func (p *Procs) Running(i int) bool {
 	}
 }
 
+// PID returns node i's process id, or 0 when it has never been started.
+func (p *Procs) PID(i int) int {
+	n := p.Nodes[i]
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cmd == nil || n.cmd.Process == nil {
+		return 0
+	}
+	return n.cmd.Process.Pid
+}
+
 // Close kills every node.
 func (p *Procs) Close() {
 	for i := range p.Nodes {
@@ -411,6 +422,12 @@ func (p *Procs) AdminToken() string { return p.opts.AdminToken }
 // and a JSON body (nil: none). Any node forwards it to the leader. A non-2xx
 // answer is an error with the status and the body's text.
 func (p *Procs) Admin(ctx context.Context, i int, method, path string, body any) error {
+	return p.AdminJSON(ctx, i, method, path, body, nil)
+}
+
+// AdminJSON is Admin that also decodes a 2xx answer's JSON body into out,
+// unless out is nil.
+func (p *Procs) AdminJSON(ctx context.Context, i int, method, path string, body, out any) error {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -433,9 +450,15 @@ func (p *Procs) Admin(ctx context.Context, i int, method, path string, body any)
 		return fmt.Errorf("%s %s via %s: %w", method, path, n.ID, err)
 	}
 	defer resp.Body.Close()
-	text, _ := io.ReadAll(io.LimitReader(resp.Body, 4096)) // best effort: the text only adds detail to an error
 	if resp.StatusCode/100 != 2 {
+		text, _ := io.ReadAll(io.LimitReader(resp.Body, 4096)) // best effort: the text only adds detail to the error
 		return fmt.Errorf("%s %s via %s: HTTP %d: %s", method, path, n.ID, resp.StatusCode, bytes.TrimSpace(text))
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("%s %s via %s: decode the answer: %w", method, path, n.ID, err)
 	}
 	return nil
 }

@@ -19,7 +19,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"chorus/fsm"
@@ -115,32 +114,6 @@ func (o *Options) fill() error {
 	return nil
 }
 
-// lockAddrs takes an exclusive lock per loopback address of the run, so that
-// two runs never share addresses: iptables rules cut addresses, and one
-// run's partitions would silently hit the other's cluster.
-func lockAddrs(first, nodes int) (unlock func(), err error) {
-	var files []*os.File
-	unlock = func() {
-		for _, f := range files {
-			f.Close() // closing releases the lock
-		}
-	}
-	for i := range nodes {
-		ip := "127.0.0." + strconv.Itoa(first+i)
-		f, err := os.OpenFile(filepath.Join(os.TempDir(), "chorus-chaos-"+ip+".lock"), os.O_CREATE|os.O_RDWR, 0o600)
-		if err != nil {
-			unlock()
-			return nil, fmt.Errorf("chaos: lock %s: %w", ip, err)
-		}
-		files = append(files, f)
-		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-			unlock()
-			return nil, fmt.Errorf("chaos: %s is in use by another chaos run (%w); give another --first-ip", ip, err)
-		}
-	}
-	return unlock, nil
-}
-
 // ErrInterrupted is returned when the run's context ends before the
 // workload is over (Ctrl-C): the faults are healed and the cluster stopped,
 // but nothing is checked.
@@ -159,9 +132,9 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	if entries, err := os.ReadDir(filepath.Join(opts.Dir, "nodes")); err == nil && len(entries) > 0 {
 		return nil, fmt.Errorf("chaos: %w: %s already holds the nodes of another run; give a fresh --dir", ErrBadOptions, opts.Dir)
 	}
-	unlock, err := lockAddrs(opts.FirstIP, opts.Nodes)
+	unlock, err := testcluster.LockAddrs(opts.FirstIP, opts.Nodes)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("chaos: %w", err)
 	}
 	defer unlock()
 	if err := os.MkdirAll(opts.Dir, 0o750); err != nil {
@@ -360,7 +333,7 @@ func createSessions(ctx context.Context, hc *http.Client, addrs []string, opts O
 			rctx, cancel := context.WithTimeout(ctx, httpTimeout)
 			defer cancel()
 			if s.id == "" {
-				b, status, err := httpDo(rctx, hc, http.MethodPost, "http://"+addrs[0]+"/api/sessions", "", body)
+				b, status, err := testcluster.HTTPDo(rctx, hc, http.MethodPost, "http://"+addrs[0]+"/api/sessions", "", body)
 				if err != nil || status != http.StatusCreated && status != http.StatusOK {
 					return fmt.Errorf("create a session: HTTP %d %s %v", status, b, err)
 				}
@@ -370,7 +343,7 @@ func createSessions(ctx context.Context, hc *http.Client, addrs []string, opts O
 				}
 				s.id = created.ID
 			}
-			b, status, err := httpDo(rctx, hc, http.MethodGet, "http://"+addrs[0]+"/api/sessions/"+s.id, "", nil)
+			b, status, err := testcluster.HTTPDo(rctx, hc, http.MethodGet, "http://"+addrs[0]+"/api/sessions/"+s.id, "", nil)
 			if err != nil || status != http.StatusOK {
 				return fmt.Errorf("read session %s: HTTP %d %s %v", s.id, status, b, err)
 			}
@@ -386,30 +359,6 @@ func createSessions(ctx context.Context, hc *http.Client, addrs []string, opts O
 		}
 	}
 	return sessions, nil
-}
-
-func httpDo(ctx context.Context, hc *http.Client, method, url, token string, body []byte) ([]byte, int, error) {
-	var rd io.Reader
-	if body != nil {
-		rd = bytes.NewReader(body)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, url, rd)
-	if err != nil {
-		return nil, 0, err
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return nil, 0, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return b, resp.StatusCode, err
 }
 
 // wholeState is the NodeState session name under which every node's entire
@@ -433,7 +382,7 @@ func collectFinals(ctx context.Context, hc *http.Client, procs *testcluster.Proc
 	get := func(i int, path, token string) ([]byte, error) {
 		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
-		b, status, err := httpDo(rctx, hc, http.MethodGet, "http://"+procs.Nodes[i].HTTPAddr+path, token, nil)
+		b, status, err := testcluster.HTTPDo(rctx, hc, http.MethodGet, "http://"+procs.Nodes[i].HTTPAddr+path, token, nil)
 		if err == nil && status != http.StatusOK {
 			err = fmt.Errorf("HTTP %d: %s", status, b)
 		}

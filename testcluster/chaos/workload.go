@@ -13,6 +13,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"chorus/testcluster"
 	"chorus/testcluster/check"
 )
 
@@ -351,7 +352,7 @@ func (c *client) rename(ctx context.Context) {
 func (c *client) do(ctx context.Context, method string, node int, path string, body []byte) ([]byte, int, error) {
 	ctx, cancel := context.WithTimeout(ctx, httpTimeout)
 	defer cancel()
-	return httpDo(ctx, c.http, method, "http://"+c.nodes[node]+path, "", body)
+	return testcluster.HTTPDo(ctx, c.http, method, "http://"+c.nodes[node]+path, "", body)
 }
 
 // connect opens a socket on a node other than the last one, resuming with
