@@ -7,6 +7,7 @@ import (
 	"io"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
@@ -35,6 +36,24 @@ type adapter struct {
 	// halt, when set, is closed when the node begins to close: raft applies
 	// nothing after that, so waitApplied stops waiting.
 	halt <-chan struct{}
+
+	// Snapshot figures. Only the FSM goroutine stores the pauses; Persist
+	// stores the rest. Anyone may read them.
+	lastPause atomic.Int64                  // ns that the latest Snapshot call held the FSM goroutine
+	maxPause  atomic.Int64                  // ns, the longest such hold since the node started
+	persisted atomic.Pointer[snapshotStats] // the latest snapshot persisted
+	// snapIndex is the index of the newest snapshot persisted or restored:
+	// one taken while index still equals it would add nothing.
+	snapIndex atomic.Uint64
+}
+
+// snapshotStats describes one persisted snapshot.
+type snapshotStats struct {
+	id      string // the sink's, which is the snapshot store's id
+	index   uint64 // the adapter's index when it was taken
+	pause   time.Duration
+	persist time.Duration
+	bytes   int64
 }
 
 var (
@@ -123,9 +142,28 @@ func (a *adapter) waitApplied(ctx context.Context, index uint64) error {
 	}
 }
 
-// Snapshot takes a copy-on-write clone: O(shards), so Apply is not stalled.
+// Snapshot takes a copy-on-write clone: O(shards), so Apply is not stalled
+// for long. Raft calls it on the FSM goroutine, so every apply waits for it;
+// it records how long (lock wait included) as the pause.
 func (a *adapter) Snapshot() (raft.FSMSnapshot, error) {
-	return &snapshot{state: a.clone(), log: a.log}, nil
+	start := time.Now()
+	a.mu.Lock()
+	st, index := a.state.Clone(), a.index
+	a.mu.Unlock()
+	s := &snapshot{a: a, state: st, index: index, pause: time.Since(start)}
+	a.lastPause.Store(int64(s.pause))
+	if int64(s.pause) > a.maxPause.Load() { // the FSM goroutine is the only writer
+		a.maxPause.Store(int64(s.pause))
+	}
+	return s, nil
+}
+
+// nothingNew reports the applied index, and whether a snapshot taken now
+// would add nothing to the newest one persisted or restored.
+func (a *adapter) nothingNew() (uint64, bool) {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	return a.index, a.index <= a.snapIndex.Load()
 }
 
 // clone returns a copy-on-write clone of the state. Clone moves the state to
@@ -151,6 +189,7 @@ func (a *adapter) Restore(rc io.ReadCloser) error {
 	}
 	index := a.index
 	a.mu.Unlock()
+	storeMax(&a.snapIndex, index) // raft restores only from a snapshot in its store
 	a.hub.endAll(ErrResync)
 	a.setApplied(index)
 	a.log.Info("restored state from snapshot", "index", st.Index(), "sessions", st.Len())
@@ -181,19 +220,47 @@ func (a *adapter) subscribe(session string, fn func(s *fsm.Session, index uint64
 }
 
 type snapshot struct {
+	a     *adapter
 	state *fsm.State
-	log   hclog.Logger
+	index uint64
+	pause time.Duration
 }
 
-// Persist writes the clone; it runs concurrently with Apply on the original.
+// Persist writes the clone; it runs on raft's snapshot goroutine,
+// concurrently with Apply on the original. It records its duration (the
+// sink's close, which syncs, included) and the bytes written.
 func (s *snapshot) Persist(sink raft.SnapshotSink) error {
-	if err := s.state.WriteSnapshot(sink); err != nil {
+	start := time.Now()
+	w := &countingWriter{w: sink}
+	if err := s.state.WriteSnapshot(w); err != nil {
 		return errors.Join(fmt.Errorf("persist snapshot: %w", err), sink.Cancel())
 	}
 	if err := sink.Close(); err != nil {
 		return fmt.Errorf("persist snapshot: %w", err)
 	}
+	st := &snapshotStats{id: sink.ID(), index: s.index, pause: s.pause, persist: time.Since(start), bytes: w.n}
+	s.a.persisted.Store(st)
+	storeMax(&s.a.snapIndex, s.index) // Restore may have moved it meanwhile (an install from the leader)
+	s.a.log.Debug("snapshot persisted", "snapshot_id", st.id, "index", st.index, "pause", st.pause, "persist", st.persist, "bytes", st.bytes)
 	return nil
 }
 
 func (s *snapshot) Release() {}
+
+// storeMax raises v to x unless it is already higher.
+func storeMax(v *atomic.Uint64, x uint64) {
+	for old := v.Load(); x > old && !v.CompareAndSwap(old, x); old = v.Load() {
+	}
+}
+
+// countingWriter counts the bytes written through it.
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}

@@ -221,3 +221,111 @@ func TestAdminHTTP(t *testing.T) {
 		return nil
 	})
 }
+
+// snapshotReport is the body of a successful POST /cluster/snapshot.
+type snapshotReport struct {
+	Index      uint64  `json:"index"`
+	Term       uint64  `json:"term"`
+	PauseMs    float64 `json:"pauseMs"`
+	PersistMs  float64 `json:"persistMs"`
+	Bytes      int64   `json:"bytes"`
+	MaxPauseMs float64 `json:"maxPauseMs"`
+}
+
+// snapshot takes a snapshot through the route, checks the body has exactly
+// the keys of DESIGN.md §7 and plausible figures, and returns it decoded.
+func (a *adminClient) snapshot() snapshotReport {
+	a.tb.Helper()
+	body := a.want("POST", "/cluster/snapshot", adminToken, "", http.StatusOK)
+	var raw map[string]any
+	if err := json.Unmarshal(body, &raw); err != nil {
+		a.tb.Fatalf("snapshot answer is not a JSON object: %v: %s", err, body)
+	}
+	if got, want := keys(raw), []string{"bytes", "index", "maxPauseMs", "pauseMs", "persistMs", "term"}; !slices.Equal(got, want) {
+		a.tb.Fatalf("snapshot answer keys %v, want %v", got, want)
+	}
+	var rep snapshotReport
+	if err := json.Unmarshal(body, &rep); err != nil {
+		a.tb.Fatalf("snapshot answer %s: %v", body, err)
+	}
+	if rep.Index == 0 || rep.Term == 0 || rep.Bytes <= 0 || rep.PauseMs < 0 || rep.PersistMs <= 0 || rep.MaxPauseMs < rep.PauseMs {
+		a.tb.Fatalf("snapshot answer %+v: want index, term and bytes > 0, pauseMs ≥ 0, persistMs > 0, maxPauseMs ≥ pauseMs", rep)
+	}
+	return rep
+}
+
+// wantConflict expects 409 from POST /cluster/snapshot with a JSON error.
+func (a *adminClient) wantConflict() {
+	a.tb.Helper()
+	body := a.want("POST", "/cluster/snapshot", adminToken, "", http.StatusConflict)
+	var e struct {
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal(body, &e); err != nil || !strings.Contains(e.Error, "nothing new to snapshot") {
+		a.tb.Fatalf("409 body %s (%v), want a JSON error saying there is nothing new to snapshot", body, err)
+	}
+}
+
+// TestAdminSnapshot snapshots a follower through POST /cluster/snapshot. The
+// route needs the token, snapshots the node it is sent to (not the leader),
+// reports that snapshot's index, size and cost, and answers 409 while the
+// node has applied nothing since its last snapshot.
+func TestAdminSnapshot(t *testing.T) {
+	c := testcluster.New(t, testcluster.Options{})
+	ctx := testcluster.Context(t, 2*time.Minute)
+	leader, followers := waitFollowers(t, c)
+	settle(t, c, waitLong)
+	ln, f := c.Members[leader].Node(), c.Members[followers[0]].Node()
+	a := newAdminServer(t, f)
+
+	a.want("POST", "/cluster/snapshot", "", "", http.StatusUnauthorized)
+	a.want("POST", "/cluster/snapshot", "wrong-token", "", http.StatusForbidden)
+	a.want("GET", "/cluster/snapshot", adminToken, "", http.StatusMethodNotAllowed)
+	if last, longest := f.SnapshotPauses(); last != 0 || longest != 0 {
+		t.Fatalf("refused requests took a snapshot: pauses %v, %v", last, longest)
+	}
+
+	var last uint64
+	for i := range 20 {
+		last = createSession(t, ctx, ln, sessionID(i)).Index
+	}
+	c.WaitApplied(waitMid, last)
+	idx0, st0 := writeState(t, f)
+	rep := a.snapshot()
+	t.Logf("snapshot of %s: %+v", f.ID(), rep)
+	fs := f.Status()
+	if rep.Index < last || rep.Index > fs.CommitIndex || rep.Term > fs.Term {
+		t.Fatalf("snapshot of %s at index %d term %d: want index in [%d, %d] (last write, commit index) and term ≤ %d", f.ID(), rep.Index, rep.Term, last, fs.CommitIndex, fs.Term)
+	}
+	// The cluster is idle, so the snapshot holds exactly the state as it
+	// stands, which WriteState writes in the same format.
+	if idx1, st1 := writeState(t, f); idx1 == idx0 && bytes.Equal(st1, st0) && rep.Bytes != int64(len(st1)) {
+		t.Fatalf("snapshot wrote %d bytes; the state at index %d is %d bytes", rep.Bytes, idx1, len(st1))
+	}
+	lastPause, longest := f.SnapshotPauses()
+	if ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }; ms(lastPause) != rep.PauseMs || ms(longest) != rep.MaxPauseMs {
+		t.Fatalf("SnapshotPauses %v, %v; the answer said %vms, %vms", lastPause, longest, rep.PauseMs, rep.MaxPauseMs)
+	}
+
+	// Nothing applied since: 409, however often.
+	a.wantConflict()
+	a.wantConflict()
+
+	// Not forwarded: the leader has taken no snapshot yet, so it can.
+	la := newAdminServer(t, ln)
+	if lr := la.snapshot(); lr.Index < last {
+		t.Fatalf("leader snapshot at index %d, before the last write %d", lr.Index, last)
+	}
+	la.wantConflict()
+
+	// A write gives the follower something new to snapshot.
+	next := createSession(t, ctx, ln, sessionID(100)).Index
+	c.WaitApplied(waitMid, next)
+	rep2 := a.snapshot()
+	if rep2.Index < next || rep2.Index <= rep.Index {
+		t.Fatalf("second snapshot at index %d, want ≥ %d (the new write) and > %d (the first)", rep2.Index, next, rep.Index)
+	}
+	if rep2.MaxPauseMs < max(rep.PauseMs, rep2.PauseMs) || rep2.MaxPauseMs < rep.MaxPauseMs {
+		t.Fatalf("maxPauseMs %v after pauses of %vms and %vms (and a max of %vms)", rep2.MaxPauseMs, rep.PauseMs, rep2.PauseMs, rep.MaxPauseMs)
+	}
+}

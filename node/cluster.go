@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/raft"
 
@@ -289,12 +291,108 @@ func (n *Node) AppliedIndex() uint64 { return n.fsm.applied.Load() }
 // Subscribers returns the number of open subscriptions on this node.
 func (n *Node) Subscribers() int { return n.hub.count() }
 
-// Snapshot forces a raft snapshot (and log compaction) now.
+// Snapshot forces a raft snapshot (and log compaction) now. TakeSnapshot
+// does the same and reports what it cost.
 func (n *Node) Snapshot() error {
 	if err := n.raft.Snapshot().Error(); err != nil {
 		return fmt.Errorf("snapshot: %w", err)
 	}
 	return nil
+}
+
+// SnapshotStats is what POST /cluster/snapshot reports (DESIGN.md §7) about
+// one snapshot. It encodes durations as float milliseconds.
+type SnapshotStats struct {
+	Index uint64 // of the last entry the snapshot covers (raft's snapshot meta)
+	Term  uint64 // of that entry
+	// Pause is how long Snapshot held raft's FSM goroutine, lock wait
+	// included: no entry is applied meanwhile.
+	Pause time.Duration
+	// Persist is how long writing the state took, the sink's sync and close
+	// included; applies go on meanwhile.
+	Persist time.Duration
+	Bytes   int64 // of state written
+	// MaxPause is the longest Pause of any snapshot this node has taken
+	// since it started, raft's own included.
+	MaxPause time.Duration
+}
+
+// MarshalJSON encodes s with the field names of DESIGN.md §7.
+func (s SnapshotStats) MarshalJSON() ([]byte, error) {
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	return json.Marshal(struct {
+		Index      uint64  `json:"index"`
+		Term       uint64  `json:"term"`
+		PauseMs    float64 `json:"pauseMs"`
+		PersistMs  float64 `json:"persistMs"`
+		Bytes      int64   `json:"bytes"`
+		MaxPauseMs float64 `json:"maxPauseMs"`
+	}{s.Index, s.Term, ms(s.Pause), ms(s.Persist), s.Bytes, ms(s.MaxPause)})
+}
+
+// nothingNewError says that the node has applied nothing since its newest
+// snapshot. It matches raft.ErrNothingNewToSnapshot and transport.ErrConflict.
+type nothingNewError struct{ index uint64 }
+
+func (e *nothingNewError) Error() string {
+	if e.index == 0 {
+		return "nothing new to snapshot: the node has applied no entry yet"
+	}
+	return "nothing new to snapshot: the node has applied nothing since its snapshot at index " + strconv.FormatUint(e.index, 10)
+}
+
+func (e *nothingNewError) Is(target error) bool {
+	return target == raft.ErrNothingNewToSnapshot || target == transport.ErrConflict
+}
+
+// TakeSnapshot takes a raft snapshot of this node now (it is not forwarded:
+// any node can snapshot), waits until it is persisted and the log compacted,
+// and reports its cost. It refuses with an error matching
+// raft.ErrNothingNewToSnapshot (and transport.ErrConflict) when the node has
+// applied nothing since its newest snapshot: raft itself refuses only before
+// the first apply, and would write the same state again. Two concurrent calls
+// may both pass that check and write one index twice, which costs only time.
+func (n *Node) TakeSnapshot(ctx context.Context) (SnapshotStats, error) {
+	if n.closed() {
+		return SnapshotStats{}, ErrShutdown
+	}
+	if index, none := n.fsm.nothingNew(); none {
+		return SnapshotStats{}, &nothingNewError{index}
+	}
+	f := n.raft.Snapshot()
+	if err := n.await(ctx, f); err != nil {
+		if errors.Is(err, raft.ErrNothingNewToSnapshot) {
+			return SnapshotStats{}, &nothingNewError{}
+		}
+		return SnapshotStats{}, fmt.Errorf("snapshot: %w", raftErr(err))
+	}
+	// Read at once: a later snapshot replaces these figures when it persists.
+	st := n.fsm.persisted.Load()
+	// Open reads the whole file once to check its CRC; the figures are taken
+	// by then, so that read does not count in them.
+	meta, rc, err := f.Open()
+	if err != nil {
+		return SnapshotStats{}, fmt.Errorf("open the new snapshot: %w", err)
+	}
+	_ = rc.Close() // only the meta was wanted; the file was only read
+	if st == nil || st.id != meta.ID {
+		return SnapshotStats{}, fmt.Errorf("snapshot %s: a later snapshot replaced its figures before they were read: %w", meta.ID, transport.ErrUnavailable)
+	}
+	return SnapshotStats{
+		Index: meta.Index, Term: meta.Term,
+		Pause: st.pause, Persist: st.persist, Bytes: st.bytes,
+		MaxPause: time.Duration(n.fsm.maxPause.Load()),
+	}, nil
+}
+
+// ClusterSnapshot is TakeSnapshot for the HTTP layer.
+func (n *Node) ClusterSnapshot(ctx context.Context) (any, error) { return n.TakeSnapshot(ctx) }
+
+// SnapshotPauses returns how long the latest snapshot held raft's FSM
+// goroutine, and the longest hold since the node started (zero before the
+// first snapshot). Safe for concurrent use.
+func (n *Node) SnapshotPauses() (last, longest time.Duration) {
+	return time.Duration(n.fsm.lastPause.Load()), time.Duration(n.fsm.maxPause.Load())
 }
 
 // WriteState writes this node's FSM state in the snapshot format and returns

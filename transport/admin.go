@@ -22,6 +22,9 @@ var (
 	// ErrUnavailable: try again later (503). An error that also implements
 	// RetryAfterHint sets the Retry-After header.
 	ErrUnavailable = errors.New("unavailable")
+	// ErrConflict: the node's state rules the request out; repeating it
+	// unchanged fails the same way until something else changes (409).
+	ErrConflict = errors.New("conflict")
 )
 
 // RetryAfterHint is implemented by errors that know when to retry.
@@ -39,20 +42,38 @@ type Cluster interface {
 	// WriteState writes the node's local FSM state in the snapshot format
 	// (which carries the applied index it reflects).
 	WriteState(w io.Writer) (uint64, error)
+	// ClusterSnapshot takes a raft snapshot of this node (never forwarded),
+	// waits for it to be persisted and returns the JSON-encodable report of
+	// DESIGN.md §7. An error matching ErrConflict means the node has applied
+	// nothing since its last snapshot.
+	ClusterSnapshot(ctx context.Context) (any, error)
 }
 
 // AdminConfig configures the cluster routes.
 type AdminConfig struct {
 	Cluster Cluster
-	// AdminToken guards the membership and leadership routes. Empty disables them.
+	// AdminToken guards the membership, leadership, state and snapshot
+	// routes. Empty disables them.
 	AdminToken string
 	Logger     hclog.Logger
 	// Timeout bounds each admin operation. Default 15s.
 	Timeout time.Duration
 }
 
-// AdminHandler serves /cluster/status, /cluster/members, /cluster/leadership-transfer,
-// /healthz and /readyz on mux.
+// AdminHandler serves these routes on mux (DESIGN.md §7); "token" marks the
+// ones behind the admin token:
+//
+//	GET    /cluster/status               this node's view of the cluster
+//	POST   /cluster/members              add a member (token; forwarded to the leader)
+//	DELETE /cluster/members/{id}         remove a member (token; forwarded to the leader)
+//	POST   /cluster/leadership-transfer  hand leadership over (token; forwarded to the leader)
+//	GET    /cluster/state                this node's FSM state in the snapshot format (token)
+//	POST   /cluster/snapshot             take a raft snapshot of this node, not forwarded (token):
+//	                                     {index, term, pauseMs, persistMs, bytes, maxPauseMs};
+//	                                     409 when nothing was applied since the last one
+//	GET    /healthz, /readyz             the process is up; the node has a leader and has caught up
+//
+// Another method on a known path gets 405.
 func AdminHandler(mux *http.ServeMux, cfg AdminConfig) {
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
@@ -66,6 +87,7 @@ func AdminHandler(mux *http.ServeMux, cfg AdminConfig) {
 	mux.HandleFunc("DELETE /cluster/members/{id}", a.guard(a.removeMember))
 	mux.HandleFunc("POST /cluster/leadership-transfer", a.guard(a.transfer))
 	mux.HandleFunc("GET /cluster/state", a.guard(a.state))
+	mux.HandleFunc("POST /cluster/snapshot", a.guard(a.snapshot))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
 	})
@@ -173,12 +195,25 @@ func (a *admin) state(w http.ResponseWriter, _ *http.Request) {
 	}
 }
 
+// snapshot snapshots this node, not the leader: the point is to measure what
+// a snapshot costs the node that takes it.
+func (a *admin) snapshot(w http.ResponseWriter, r *http.Request) {
+	rep, err := a.cfg.Cluster.ClusterSnapshot(r.Context())
+	if err != nil {
+		a.fail(w, "snapshot", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, rep)
+}
+
 // fail maps an operation's error to a status; clients never see internals
-// beyond the error's own text for bad requests.
+// beyond the error's own text for bad requests and conflicts.
 func (a *admin) fail(w http.ResponseWriter, op string, err error) {
 	switch {
 	case errors.Is(err, ErrBadRequest):
 		writeError(w, http.StatusBadRequest, err.Error())
+	case errors.Is(err, ErrConflict):
+		writeError(w, http.StatusConflict, err.Error())
 	case errors.Is(err, ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
 		var hint RetryAfterHint
 		if errors.As(err, &hint) {
