@@ -2,9 +2,6 @@ package node_test
 
 import (
 	"fmt"
-	"io"
-	"net"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"sync"
@@ -12,13 +9,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
-	"github.com/hashicorp/raft"
-	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
-
 	"chorus/fsm"
 	"chorus/node"
 	"chorus/testcluster"
+	"chorus/testcluster/bench"
 )
 
 // The benchmarks in this file compare chorus's commit path (node.Submit,
@@ -120,82 +114,18 @@ func benchChorusVia(b *testing.B, writers int, followersOnly bool) {
 	})
 }
 
-// countFSM is the least an FSM can do: count entries.
-type countFSM struct{ n atomic.Uint64 }
-
-func (f *countFSM) Apply(*raft.Log) interface{}         { f.n.Add(1); return nil }
-func (f *countFSM) Snapshot() (raft.FSMSnapshot, error) { return countSnap{}, nil }
-func (f *countFSM) Restore(rc io.ReadCloser) error      { return rc.Close() }
-
-type countSnap struct{}
-
-func (countSnap) Persist(s raft.SnapshotSink) error { return s.Close() }
-func (countSnap) Release()                          {}
-
-// benchBareRaft runs three hashicorp/raft nodes with raft's own TCP transport,
-// raft-boltdb/v2 with fsync, and the same timeouts and batching as chorus.
+// benchBareRaft runs bare hashicorp/raft (bench.StartBareRaft) with the same
+// stores, timeouts, batching and payload as chorus, writers on the leader.
 func benchBareRaft(b *testing.B, writers int) {
-	dir := b.TempDir()
-	type member struct {
-		r     *raft.Raft
-		store *raftboltdb.BoltStore
-		trans *raft.NetworkTransport
+	br, err := bench.StartBareRaft(b.TempDir(), 71)
+	if err != nil {
+		b.Fatal(err)
 	}
-	var members []member
-	var servers []raft.Server
-	var transports []*raft.NetworkTransport
-	for i := 0; i < 3; i++ {
-		t, err := raft.NewTCPTransport(net.JoinHostPort("127.0.0."+strconv.Itoa(71+i), "0"), nil, 3, 10*time.Second, io.Discard)
-		if err != nil {
-			b.Fatal(err)
-		}
-		transports = append(transports, t)
-		servers = append(servers, raft.Server{ID: raft.ServerID("r" + strconv.Itoa(i)), Address: t.LocalAddr()})
-	}
-	for i := 0; i < 3; i++ {
-		store, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(dir, strconv.Itoa(i)+".db")})
-		if err != nil {
-			b.Fatal(err)
-		}
-		snaps := raft.NewInmemSnapshotStore()
-		cfg := raft.DefaultConfig()
-		cfg.LocalID = servers[i].ID
-		cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.LeaderLeaseTimeout = 500*time.Millisecond, 500*time.Millisecond, 250*time.Millisecond
-		cfg.CommitTimeout = 5 * time.Millisecond
-		cfg.MaxAppendEntries = 128
-		cfg.BatchApplyCh = true
-		cfg.Logger = hclog.NewNullLogger()
-		r, err := raft.NewRaft(cfg, &countFSM{}, store, store, snaps, transports[i])
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := r.BootstrapCluster(raft.Configuration{Servers: servers}).Error(); err != nil {
-			b.Fatal(err)
-		}
-		members = append(members, member{r: r, store: store, trans: transports[i]})
-	}
-	b.Cleanup(func() {
-		for _, m := range members {
-			_ = m.r.Shutdown().Error() // teardown; nothing to report
-			_ = m.store.Close()        // as above
-		}
-	})
-	var leader *raft.Raft
-	testcluster.Eventually(b, 10*time.Second, func() error {
-		for _, m := range members {
-			if m.r.State() == raft.Leader {
-				leader = m.r
-				return nil
-			}
-		}
-		return fmt.Errorf("no leader")
-	})
+	b.Cleanup(br.Close)
 	payload, err := fsm.Encode(fsm.Command{Kind: fsm.KindToggleStep, Op: fsm.OpID{1}, At: 1700000000000,
 		Session: benchSession, Player: "p-n1", TrackID: "t1", Step: 3})
 	if err != nil {
 		b.Fatal(err)
 	}
-	runWriters(b, writers, func(int, int) error {
-		return leader.Apply(payload, 5*time.Second).Error()
-	})
+	runWriters(b, writers, func(int, int) error { return br.Apply(payload, 5*time.Second) })
 }

@@ -31,8 +31,7 @@ Commands:
   version   print the version
   help      print this help
 
-Run 'chorus <command> -h' for a command's flags. bench is not implemented
-yet.
+Run 'chorus <command> -h' for a command's flags.
 `
 
 // exitError is an error that tells main which status to exit with.
@@ -78,7 +77,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	case "chaos":
 		return chaosCmd(args[1:], stdout, stderr, os.Getenv)
 	case "bench":
-		return &exitError{code: usageExitCode, err: fmt.Errorf("%s: not implemented yet", name)}
+		return benchCmd(args[1:], stdout, stderr, os.Getenv)
 	default:
 		return &exitError{
 			code: usageExitCode,

@@ -37,7 +37,13 @@ func TestRun(t *testing.T) {
 		{name: "chaos too many nodes", args: []string{"chaos", "--nodes", "12", "--dir", "/nonexistent/chaos"}, wantCode: usageExitCode, wantErrIn: "12 nodes"},
 		{name: "chaos crowded session", args: []string{"chaos", "--clients", "20", "--sessions", "1", "--dir", "/nonexistent/chaos"}, wantCode: usageExitCode, wantErrIn: "more than 8 on one session"},
 		{name: "chaos nemeses on one node", args: []string{"chaos", "--nodes", "1", "--dir", "/nonexistent/chaos"}, wantCode: usageExitCode, wantErrIn: "at least 3 nodes"},
-		{name: "bench", args: []string{"bench"}, wantCode: usageExitCode, wantErrIn: "bench: not implemented yet"},
+		{name: "bench help", args: []string{"bench", "-h"}, wantStderr: []string{"chorus bench [flags]", "-scenarios", "-target", "bare hashicorp/raft"}},
+		{name: "bench unknown scenario", args: []string{"bench", "--scenarios", "steady,flood", "--dir", "/nonexistent/bench"}, wantCode: usageExitCode, wantErrIn: `unknown scenario "flood"`},
+		{name: "bench bad profile", args: []string{"bench", "--profile", "huge"}, wantCode: usageExitCode, wantErrIn: "--profile"},
+		{name: "bench bad writers", args: []string{"bench", "--writers", "64,x"}, wantCode: usageExitCode, wantErrIn: `"x" is not a positive count`},
+		{name: "bench crowded session", args: []string{"bench", "--players", "11", "--dir", "/nonexistent/bench"}, wantCode: usageExitCode, wantErrIn: "at most 10"},
+		{name: "bench failover on a target", args: []string{"bench", "--target", "127.0.0.1:1", "--scenarios", "failover"}, wantCode: usageExitCode, wantErrIn: "cannot run against --target"},
+		{name: "bench argument", args: []string{"bench", "now"}, wantCode: usageExitCode, wantErrIn: `unexpected argument "now"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
