@@ -151,6 +151,13 @@ func TestAdminHTTP(t *testing.T) {
 	}
 	a.want("POST", "/cluster/members", adminToken, `{"id":"n4"}`, http.StatusBadRequest)
 
+	// Go's profiles, behind the token.
+	a.want("GET", "/debug/pprof/heap", "", "", http.StatusUnauthorized)
+	a.want("GET", "/debug/pprof/goroutine", "wrong-token", "", http.StatusForbidden)
+	if b := a.want("GET", "/debug/pprof/goroutine?debug=1", adminToken, "", http.StatusOK); !bytes.Contains(b, []byte("goroutine profile:")) {
+		t.Fatalf("GET /debug/pprof/goroutine?debug=1: %.200s", b)
+	}
+
 	// The node's state in the snapshot format, behind the token; the two
 	// followers' bytes agree once both have applied the same index (I4).
 	a.want("GET", "/cluster/state", "", "", http.StatusUnauthorized)

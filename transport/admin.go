@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/http/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -71,6 +72,7 @@ type AdminConfig struct {
 //	POST   /cluster/snapshot             take a raft snapshot of this node, not forwarded (token):
 //	                                     {index, term, pauseMs, persistMs, bytes, maxPauseMs};
 //	                                     409 when nothing was applied since the last one
+//	GET    /debug/pprof/...              Go's runtime profiles (token): profile?seconds=N, heap, goroutine, ...
 //	GET    /healthz, /readyz             the process is up; the node has a leader and has caught up
 //
 // Another method on a known path gets 405.
@@ -88,6 +90,11 @@ func AdminHandler(mux *http.ServeMux, cfg AdminConfig) {
 	mux.HandleFunc("POST /cluster/leadership-transfer", a.guard(a.transfer))
 	mux.HandleFunc("GET /cluster/state", a.guard(a.state))
 	mux.HandleFunc("POST /cluster/snapshot", a.guard(a.snapshot))
+	mux.HandleFunc("GET /debug/pprof/", a.guard(pprof.Index))
+	mux.HandleFunc("GET /debug/pprof/cmdline", a.guard(pprof.Cmdline))
+	mux.HandleFunc("GET /debug/pprof/profile", a.guard(pprof.Profile))
+	mux.HandleFunc("GET /debug/pprof/symbol", a.guard(pprof.Symbol))
+	mux.HandleFunc("GET /debug/pprof/trace", a.guard(pprof.Trace))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
 	})
