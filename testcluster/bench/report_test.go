@@ -135,3 +135,24 @@ func TestOptionsRefused(t *testing.T) {
 		})
 	}
 }
+
+func TestScanFrame(t *testing.T) {
+	tests := []struct {
+		in   string
+		want frame
+		ok   bool
+	}{
+		{`{"type":"step_toggled","trackId":"t1","step":3,"value":true,"playerId":"p-ab12","seq":1042,"clientSeq":17}`,
+			frame{Seq: 1042, ClientSeq: 17, PlayerID: "p-ab12"}, true},
+		{`{"type":"tempo_changed","tempo":120,"playerId":"p-x","seq":9,"prevSeq":8}`, frame{Seq: 9, PlayerID: "p-x"}, true},
+		{`{"type":"player_joined","player":{"id":"p-1"}}`, frame{}, true},
+		{`pong`, frame{}, false},
+		{``, frame{}, false},
+	}
+	for _, tt := range tests {
+		got, ok := scanFrame([]byte(tt.in))
+		if ok != tt.ok || got != tt.want {
+			t.Errorf("scanFrame(%s) = %+v, %v; want %+v, %v", tt.in, got, ok, tt.want, tt.ok)
+		}
+	}
+}
