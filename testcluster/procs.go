@@ -235,7 +235,9 @@ func (p *Procs) start(i int, fresh bool) error {
 	cmd := exec.Command(p.opts.Binary, p.args(i, !fresh)...)
 	// A process group of its own: a Ctrl-C in the terminal reaches the
 	// harness, which decides what happens to its nodes, and not the nodes.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Pdeathsig kills the node when the harness dies without its cleanup
+	// (SIGKILL, SIGQUIT), instead of leaving it running.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), "CHORUS_CLUSTER_SECRET=", "CHORUS_ADMIN_TOKEN=")
 	if err := cmd.Start(); err != nil {
