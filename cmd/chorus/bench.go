@@ -67,6 +67,7 @@ func benchCmd(args []string, stdout, stderr io.Writer, getenv func(string) strin
 	jsonOut := fs.Bool("json", false, "print the report as JSON on stdout (progress goes to stderr)")
 	strict := fs.Bool("strict", false, "exit 1 when a figure misses its target")
 	keepData := fs.Bool("keep-data", false, "keep the nodes' data dirs")
+	nodeArgs := fs.String("node-args", "", `space-separated flags added to every node's chorus serve command line, e.g. "--commit-timeout 1ms"`)
 	// Overrides of the profile's sizes; 0 keeps the profile's.
 	sessions := fs.Int("sessions", 0, "steady: sessions (standard 100)")
 	players := fs.Int("players", 0, "steady and failover: players per session, at most 10 (standard 5)")
@@ -85,7 +86,7 @@ func benchCmd(args []string, stdout, stderr io.Writer, getenv func(string) strin
 	if fs.NArg() > 0 {
 		return usage(fmt.Errorf("unexpected argument %q", fs.Arg(0)))
 	}
-	opts := bench.Options{FirstIP: *firstIP, Seed: *seed, KeepData: *keepData}
+	opts := bench.Options{FirstIP: *firstIP, Seed: *seed, KeepData: *keepData, NodeArgs: strings.Fields(*nodeArgs)}
 	switch *profile {
 	case "standard":
 		opts.Sizes = bench.Standard()

@@ -108,6 +108,9 @@ type Options struct {
 	Out       io.Writer
 	Live      bool // rewrite one progress line in place (a terminal)
 	KeepData  bool // keep the nodes' data dirs
+	// NodeArgs are added to every chorus serve command line the run starts
+	// (after its own), e.g. to try another --commit-timeout.
+	NodeArgs []string
 }
 
 func (o *Options) fill() error {
@@ -257,7 +260,7 @@ type cluster struct {
 // startCluster starts nodes chorus serve processes for scenario name on
 // 127.0.0.(firstIP+offset)..., with the rate limits off (DESIGN.md §9), or
 // returns the targets.
-func (r *runner) startCluster(ctx context.Context, name string, nodes, offset int, extra ...string) (*cluster, error) {
+func (r *runner) startCluster(ctx context.Context, name string, nodes, offset int) (*cluster, error) {
 	if len(r.opts.Targets) > 0 {
 		return &cluster{addrs: r.opts.Targets}, nil
 	}
@@ -265,7 +268,7 @@ func (r *runner) startCluster(ctx context.Context, name string, nodes, offset in
 	if err := os.RemoveAll(dir); err != nil {
 		return nil, err
 	}
-	args := append([]string{"--ws-rate", "0", "--create-rate", "0", "--log-level", "warn"}, extra...)
+	args := append([]string{"--ws-rate", "0", "--create-rate", "0", "--log-level", "warn"}, r.opts.NodeArgs...)
 	procs, err := testcluster.StartProcs(ctx, testcluster.ProcOptions{
 		Binary: r.opts.Binary, Dir: dir, Nodes: nodes, FirstIP: r.opts.FirstIP + offset, ExtraArgs: args,
 	})
