@@ -1,15 +1,18 @@
 package transport
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"math"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -152,7 +155,7 @@ func (a *API) serveWS(w http.ResponseWriter, r *http.Request, id string) {
 		}
 		return
 	}
-	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true, CompressionMode: websocket.CompressionDisabled})
+	conn, err := websocket.Accept(withSmallBuffers(w), r, &websocket.AcceptOptions{InsecureSkipVerify: true, CompressionMode: websocket.CompressionDisabled})
 	if err != nil {
 		p.Leave()
 		a.log.Debug("websocket upgrade failed", "session_id", id, "error", err)
@@ -168,7 +171,45 @@ func (a *API) serveWS(w http.ResponseWriter, r *http.Request, id string) {
 		return
 	}
 	a.wsl.add(a.cfg.Now(), id, p.ID(), "connect", "")
-	s.run()
+	// On a goroutine of its own, so that net/http's ends now and lets go
+	// of its stack and of the request. Shutdown waits for it (track).
+	go s.run()
+}
+
+// Buffer sizes of a socket's connection. net/http's are 4 KiB each, and
+// they would stay for the socket's life: an idle socket would be mostly
+// buffers. Broadcasts and client messages are a few hundred bytes; a
+// bigger frame is read or written in more than one go.
+const (
+	wsReadBuffer  = 1 << 10
+	wsWriteBuffer = 1 << 10
+)
+
+// withSmallBuffers has websocket.Accept hijack the connection with buffers
+// of wsReadBuffer and wsWriteBuffer bytes. A w that is no http.Hijacker
+// itself is left to websocket.Accept as it is.
+func withSmallBuffers(w http.ResponseWriter) http.ResponseWriter {
+	if hj, ok := w.(http.Hijacker); ok {
+		return smallBuffers{ResponseWriter: w, hj: hj}
+	}
+	return w
+}
+
+type smallBuffers struct {
+	http.ResponseWriter
+	hj http.Hijacker
+}
+
+func (w smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, brw, err := w.hj.Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	r := brw.Reader
+	if r.Buffered() == 0 { // else the client wrote ahead of the handshake: keep what it sent
+		r = bufio.NewReaderSize(c, wsReadBuffer)
+	}
+	return c, bufio.NewReadWriter(r, bufio.NewWriterSize(c, wsWriteBuffer)), nil
 }
 
 func (a *API) track(s *socket) bool {
@@ -219,7 +260,8 @@ func (a *API) Sockets() int {
 	return len(a.sockets)
 }
 
-// socket runs one connection: a reader (this goroutine) and a writer.
+// socket runs one connection: a reader (run's goroutine) and a writer, which
+// also pings.
 type socket struct {
 	api     *API
 	conn    *websocket.Conn
@@ -262,15 +304,8 @@ func (s *socket) run() {
 	go func() {
 		defer wg.Done()
 		defer cancel()
-		s.writeLoop(ctx)
+		s.writeLoop(ctx, &wg)
 	}()
-	if a.cfg.PingInterval > 0 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			s.pingLoop(ctx)
-		}()
-	}
 	if a.cfg.WSRate > 0 {
 		s.bucket = tokenBucket{rate: float64(a.cfg.WSRate), burst: float64(2 * a.cfg.WSRate), tokens: float64(2 * a.cfg.WSRate), last: a.cfg.Now()}
 	}
@@ -284,15 +319,46 @@ func (s *socket) run() {
 	a.wsl.add(a.cfg.Now(), s.session, s.player.ID(), "disconnect", reason)
 }
 
-func (s *socket) writeLoop(ctx context.Context) {
+// writeLoop sends the player's frames, and a ping every PingInterval. A
+// ping waits for its pong on a goroutine (in wg) that lives only that long:
+// frames keep going out meanwhile, and an idle socket has no goroutine for
+// pings. A ping still waiting when the next is due stands for it.
+func (s *socket) writeLoop(ctx context.Context, wg *sync.WaitGroup) {
+	interval := s.api.cfg.PingInterval
+	var pinging atomic.Bool
+	cancelDue := func() {}
+	defer func() { cancelDue() }()
+	nextDue := func() context.Context { // ends when the next ping is due
+		cancelDue()
+		if interval <= 0 {
+			return ctx
+		}
+		due, cancel := context.WithTimeout(ctx, interval)
+		cancelDue = cancel
+		return due
+	}
+	due := nextDue()
 	for {
-		frame, err := s.player.Next(ctx)
+		frame, err := s.player.Next(due)
 		if err != nil {
-			if ctx.Err() == nil {
-				code, reason := closeCode(err)
-				s.api.log.Debug("closing socket", "session_id", s.session, "player_id", s.player.ID(), "code", int(code), "error", err)
-				s.close(code, reason)
+			if ctx.Err() != nil {
+				return
 			}
+			if due.Err() != nil && errors.Is(err, context.DeadlineExceeded) {
+				due = nextDue()
+				if pinging.CompareAndSwap(false, true) {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						defer pinging.Store(false)
+						s.ping(ctx)
+					}()
+				}
+				continue
+			}
+			code, reason := closeCode(err)
+			s.api.log.Debug("closing socket", "session_id", s.session, "player_id", s.player.ID(), "code", int(code), "error", err)
+			s.close(code, reason)
 			return
 		}
 		if err := s.write(ctx, frame); err != nil {
@@ -302,22 +368,12 @@ func (s *socket) writeLoop(ctx context.Context) {
 	}
 }
 
-func (s *socket) pingLoop(ctx context.Context) {
-	t := time.NewTicker(s.api.cfg.PingInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			pctx, cancel := context.WithTimeout(ctx, s.api.cfg.PingInterval)
-			err := s.conn.Ping(pctx)
-			cancel()
-			if err != nil && ctx.Err() == nil {
-				s.close(closeGoingAway, "ping timeout")
-				return
-			}
-		}
+// ping closes a socket that does not answer a ping within PingInterval.
+func (s *socket) ping(ctx context.Context) {
+	pctx, cancel := context.WithTimeout(ctx, s.api.cfg.PingInterval)
+	defer cancel()
+	if err := s.conn.Ping(pctx); err != nil && ctx.Err() == nil {
+		s.close(closeGoingAway, "ping timeout")
 	}
 }
 
@@ -371,21 +427,14 @@ func (s *socket) readLoop(ctx context.Context) error {
 			}
 			continue
 		}
-		var env struct {
-			Type *string         `json:"type"`
-			Seq  json.RawMessage `json:"seq"`
-		}
-		if !json.Valid(data) {
+		t, seq, err := decodeFrame(data)
+		if errors.Is(err, errBadJSON) {
 			if err := s.write(ctx, []byte(frameBadJSON)); err != nil {
 				return err
 			}
 			continue
 		}
-		if json.Unmarshal(data, &env) != nil || env.Type == nil {
-			continue // not an object, or no string type: ignored silently
-		}
-		t := *env.Type
-		if !mutatingTypes[t] && !readOnlyTypes[t] {
+		if t == "" {
 			continue
 		}
 		a.wsl.add(a.cfg.Now(), s.session, s.player.ID(), "message", t)
@@ -403,12 +452,6 @@ func (s *socket) readLoop(ctx context.Context) error {
 				a.hash.add(s.session, s.player.ID(), h.Hash, a.cfg.Now())
 			}
 		}
-		var seq *int64
-		var f float64
-		if env.Seq != nil && json.Unmarshal(env.Seq, &f) == nil && f == math.Trunc(f) && math.Abs(f) < 1<<53 {
-			v := int64(f)
-			seq = &v
-		}
 		hctx, cancel := context.WithTimeout(ctx, a.cfg.JoinTimeout)
 		replies, err := s.player.Handle(hctx, t, seq, data)
 		cancel()
@@ -421,6 +464,36 @@ func (s *socket) readLoop(ctx context.Context) error {
 			return err
 		}
 	}
+}
+
+var errBadJSON = errors.New("invalid JSON")
+
+// decodeFrame reads the type and seq of a client message. It returns
+// errBadJSON for a frame that is not JSON, and an empty type for one that is
+// ignored silently: not an object, no string type, or an unknown type. seq is
+// nil unless the message has an integral numeric seq within ±2^53.
+func decodeFrame(data []byte) (typ string, seq *int64, err error) {
+	if !json.Valid(data) {
+		return "", nil, errBadJSON
+	}
+	var env struct {
+		Type *string         `json:"type"`
+		Seq  json.RawMessage `json:"seq"`
+	}
+	if json.Unmarshal(data, &env) != nil || env.Type == nil {
+		return "", nil, nil // not an object, or no string type: ignored silently
+	}
+	if t := *env.Type; mutatingTypes[t] || readOnlyTypes[t] {
+		typ = t
+	} else {
+		return "", nil, nil
+	}
+	var f float64
+	if env.Seq != nil && json.Unmarshal(env.Seq, &f) == nil && f == math.Trunc(f) && math.Abs(f) < 1<<53 {
+		v := int64(f)
+		seq = &v
+	}
+	return typ, seq, nil
 }
 
 // tokenBucket is the per-socket message rate limit.
