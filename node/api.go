@@ -612,7 +612,7 @@ type player struct {
 	snapMu   sync.Mutex // guards snaps
 	snaps    []pendingSnapshot
 	snapKick chan struct{} // wakes Next when a snapshot is queued; buffered 1
-	held     *Delivery     // taken while a snapshot was waiting; Next's goroutine only
+	held     *Delivery     // popped while a snapshot was waiting; Next's goroutine only
 	skipTo   uint64        // events at or below are in a snapshot sent; Next's goroutine only
 }
 
@@ -661,38 +661,44 @@ func (p *player) Touch() {
 }
 
 // Next returns the next frame for this socket, skipping what is not for it.
+// A broadcast's frame is shared with the session's other sockets: it is
+// encoded once, by whichever of them gets to it first, and nobody may modify
+// it. Only the socket's writer calls Next.
 func (p *player) Next(ctx context.Context) ([]byte, error) {
 	for {
 		if f := p.popSnapshot(); f != nil {
 			return f, nil
 		}
-		var d Delivery
-		if p.held != nil {
-			d, p.held = *p.held, nil
-		} else {
-			var ok bool
-			select {
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			case <-p.snapKick:
+		d := p.held
+		p.held = nil
+		if d == nil {
+			var err error
+			if d, err = p.sub.Pop(); err != nil {
+				return nil, subscriptionErr(err)
+			}
+			if d == nil {
+				select {
+				case <-ctx.Done():
+					return nil, ctx.Err()
+				case <-p.snapKick:
+				case <-p.sub.Ready():
+				}
 				continue
-			case d, ok = <-p.sub.C:
-				if !ok {
-					return nil, subscriptionErr(p.sub.Err())
-				}
-				if p.snapshotQueued() {
-					// Queued before this delivery was published: it goes first.
-					p.held = &d
-					continue
-				}
+			}
+			if p.snapshotQueued() {
+				// Queued before this delivery was published: it goes first.
+				p.held = d
+				continue
 			}
 		}
-		if d.Frame != nil {
+		if d.ephemeral() {
 			if d.Exclude == p.id {
 				continue
 			}
-			return d.Frame, nil
+			return d.Frame(), nil
 		}
+		// Every case below looks at this socket's player and decides whether
+		// it gets the frame at all; none changes the bytes, so they can be shared.
 		ev := &d.Event
 		switch {
 		case ev.Type == fsm.EventSessionDeleted:
@@ -706,7 +712,7 @@ func (p *player) Next(ctx context.Context) ([]byte, error) {
 		case ev.Others && ev.Player == p.id:
 			continue
 		}
-		return ev.AppendJSON(nil), nil
+		return d.Frame(), nil
 	}
 }
 

@@ -226,7 +226,7 @@ func TestSeqNeverRegresses(t *testing.T) {
 	sub.Close()
 	var prev uint64
 	var got int
-	for d := range sub.C {
+	for d := range deliveries(sub) {
 		if d.Index <= prev {
 			t.Fatalf("delivery index %d after %d", d.Index, prev)
 		}

@@ -157,19 +157,18 @@ func TestFollowerCatchesUpBySnapshot(t *testing.T) {
 	}
 	c.Heal()
 	c.WaitApplied(waitLong, last)
-	timeout := time.NewTimer(waitLong)
-	defer timeout.Stop()
-	for open := true; open; {
-		select {
-		case d, ok := <-sub.C:
-			// Events would be a replay from the log, which the leader no longer has.
-			if ok {
-				t.Errorf("delivery at index %d: the follower replayed the log instead of installing a snapshot", d.Index)
+	wctx, cancel := context.WithTimeout(ctx, waitLong)
+	defer cancel()
+	for {
+		d, err := nextDelivery(wctx, sub)
+		if d == nil {
+			if errors.Is(err, context.DeadlineExceeded) {
+				t.Fatal("subscription still open after the follower caught up")
 			}
-			open = ok
-		case <-timeout.C:
-			t.Fatal("subscription still open after the follower caught up")
+			break
 		}
+		// Events would be a replay from the log, which the leader no longer has.
+		t.Errorf("delivery at index %d: the follower replayed the log instead of installing a snapshot", d.Index)
 	}
 	if !errors.Is(sub.Err(), node.ErrResync) {
 		t.Fatalf("subscription ended with %v, want ErrResync (a snapshot install)", sub.Err())

@@ -8,81 +8,143 @@ import (
 	"chorus/fsm"
 )
 
-// Delivery is one event for a subscriber, with the log index that made it.
+// Delivery is one applied event of a session, with the log index that made
+// it, or an ephemeral frame (a cursor) that never went through the log.
+// publish makes one Delivery per event and hands the same pointer to every
+// subscriber of the session, so its wire frame is encoded at most once
+// however many sockets send it. Subscribers read it and never change it.
 type Delivery struct {
+	// Index is the entry's log index. It is zero for an ephemeral frame:
+	// raft's indexes start at 1.
 	Index uint64
+	// Event is a copy of the applied event (zero for an ephemeral frame), so
+	// queued deliveries hold one event each, not the slice Apply returned.
 	Event fsm.Event
-	// Frame, when set, is an ephemeral message (a cursor) that never went
-	// through the log; Index and Event are then zero. Exclude is the player
-	// whose own socket must not receive it.
-	Frame   []byte
+	// Exclude, for an ephemeral frame, is the player whose own socket must
+	// not receive it.
 	Exclude string
+
+	once  sync.Once // encodes frame for whichever subscriber asks first
+	frame []byte    // an ephemeral frame from the start; an event's once encoded
 }
+
+// Frame returns the delivery's wire message. Every subscriber gets the same
+// bytes, so callers must not modify them. Safe for concurrent use.
+func (d *Delivery) Frame() []byte {
+	d.once.Do(func() {
+		if !d.ephemeral() {
+			d.frame = d.Event.AppendJSON(nil)
+		}
+	})
+	return d.frame
+}
+
+func (d *Delivery) ephemeral() bool { return d.Index == 0 }
 
 // Subscription receives the events of one session, in log order, from the
 // index after the snapshot it was created with. It never skips an event: when
-// its queue overflows it is closed, C is closed, and Err says why.
+// its queue overflows it is ended with ErrSlowSubscriber instead.
+//
+// Deliveries wait in a slice rather than a channel buffer: a channel would
+// allocate its whole bound up front for every socket, while the slice is
+// released whenever it drains, so an idle subscription holds no deliveries'
+// worth of memory. One goroutine consumes it: wait on Ready, then Pop until
+// it returns nothing. Pop, Err and Close are safe for concurrent use.
 type Subscription struct {
 	Session string
-	// C delivers events. It is closed when the subscription ends.
-	C <-chan Delivery
 
 	hub   *hub
-	ch    chan Delivery
-	after uint64 // events at or below this index are already in the snapshot
+	after uint64        // events at or below this index are already in the snapshot
+	ready chan struct{} // buffered 1: signalled after a delivery is queued or the subscription ends
 
-	mu     sync.Mutex // guards closed, err, and sends on ch
-	closed bool
-	err    error
+	mu    sync.Mutex  // guards queue, err
+	queue []*Delivery // oldest first; nil when empty
+	err   error       // why the subscription ended; nil while it is open
 }
 
-// Err returns why the subscription ended, or nil while it is open.
+// Ready is signalled when a delivery is queued or the subscription ends. One
+// signal may stand for several deliveries, and a signal may find them already
+// taken, so after it Pop until Pop returns nothing.
+func (s *Subscription) Ready() <-chan struct{} { return s.ready }
+
+// Pop takes the oldest queued delivery. When none is queued it returns nil
+// and why the subscription ended, or nil, nil while it is open: wait on Ready
+// then. Deliveries queued before the end are all handed out before the error,
+// as a closed channel yields its buffer before it reports closed.
+func (s *Subscription) Pop() (*Delivery, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.queue) == 0 {
+		return nil, s.err
+	}
+	d := s.queue[0]
+	s.queue[0] = nil // the array outlives the pop; it must not keep d
+	s.queue = s.queue[1:]
+	if len(s.queue) == 0 {
+		s.queue = nil // an idle subscriber holds no array; the next burst allocates afresh
+	}
+	return d, nil
+}
+
+// Err returns why the subscription ended, or nil while it is open. Some
+// deliveries may still be waiting for Pop after it turns non-nil.
 func (s *Subscription) Err() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.err
 }
 
-// Close ends the subscription. It is safe to call more than once and from any goroutine.
+// Close ends the subscription. It is safe to call more than once and from any
+// goroutine. What was queued before it can still be popped.
 func (s *Subscription) Close() {
 	s.end(ErrUnsubscribed)
 	s.hub.remove(s)
 }
 
-// end closes the channel with a reason unless it is already closed.
+// end records reason unless the subscription has already ended, and wakes
+// the consumer so it learns of the end.
 func (s *Subscription) end(reason error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return
+	if s.err == nil {
+		s.err = reason
 	}
-	s.closed, s.err = true, reason
-	close(s.ch)
+	s.mu.Unlock()
+	s.signal()
+}
+
+// signal wakes the consumer without blocking: a signal already pending
+// covers this one.
+func (s *Subscription) signal() {
+	select {
+	case s.ready <- struct{}{}:
+	default:
+	}
 }
 
 // deliver queues d without blocking. It reports false when the queue was full
 // and the subscription has been ended because of it.
-func (s *Subscription) deliver(d Delivery) bool {
+func (s *Subscription) deliver(d *Delivery) bool {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return true
+	if s.err != nil {
+		s.mu.Unlock()
+		return true // ended already; the hub drops it, or has
 	}
-	select {
-	case s.ch <- d:
-		return true
-	default:
-		s.closed, s.err = true, ErrSlowSubscriber
-		close(s.ch)
-		return false
+	ok := len(s.queue) < s.hub.queue
+	if ok {
+		s.queue = append(s.queue, d)
+	} else {
+		s.err = ErrSlowSubscriber
 	}
+	s.mu.Unlock()
+	s.signal()
+	return ok
 }
 
 // hub fans applied events out to this node's subscribers. publish runs on the
 // raft apply goroutine and never blocks.
 type hub struct {
 	log   hclog.Logger
-	queue int
+	queue int // the most deliveries a subscriber may have waiting
 
 	mu    sync.RWMutex // guards subs, final
 	subs  map[string]map[*Subscription]struct{}
@@ -97,8 +159,7 @@ func newHub(log hclog.Logger, queue int) *hub {
 // The caller holds the state read lock, so no event above after is published
 // before the subscriber is in place.
 func (h *hub) add(session string, after uint64) (*Subscription, error) {
-	ch := make(chan Delivery, h.queue)
-	s := &Subscription{Session: session, C: ch, hub: h, ch: ch, after: after}
+	s := &Subscription{Session: session, hub: h, after: after, ready: make(chan struct{}, 1)}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.final != nil {
@@ -129,11 +190,15 @@ func (h *hub) publish(index uint64, events []fsm.Event) {
 	var dropped []*Subscription
 	h.mu.RLock()
 	for i := range events {
+		var d *Delivery // shared by the session's subscribers; made only if one takes it
 		for s := range h.subs[events[i].Session] {
 			if index <= s.after {
 				continue
 			}
-			if !s.deliver(Delivery{Index: index, Event: events[i]}) {
+			if d == nil {
+				d = &Delivery{Index: index, Event: events[i]}
+			}
+			if !s.deliver(d) {
 				dropped = append(dropped, s)
 			}
 		}
@@ -154,9 +219,10 @@ func (h *hub) drop(dropped []*Subscription) {
 // It never blocks; a subscriber whose queue is full is dropped as in publish.
 func (h *hub) publishFrame(session, exclude string, frame []byte) {
 	var dropped []*Subscription
+	d := &Delivery{Exclude: exclude, frame: frame}
 	h.mu.RLock()
 	for s := range h.subs[session] {
-		if !s.deliver(Delivery{Frame: frame, Exclude: exclude}) {
+		if !s.deliver(d) {
 			dropped = append(dropped, s)
 		}
 	}
@@ -164,7 +230,7 @@ func (h *hub) publishFrame(session, exclude string, frame []byte) {
 	h.drop(dropped)
 }
 
-// endAll closes every subscription with reason (shutdown, or a snapshot restore).
+// endAll ends every subscription with reason (shutdown, or a snapshot restore).
 func (h *hub) endAll(reason error) {
 	h.mu.Lock()
 	all := h.subs

@@ -1,8 +1,10 @@
 package node_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"slices"
 	"sync"
 	"testing"
@@ -24,8 +26,37 @@ type observed struct {
 	lastSeq    uint64 // the session's last mutating index in the snapshot
 	tempo      float64
 	steps      [fsm.MaxSteps]bool
-	done       chan struct{} // closed when the reader has seen C close
-	deliveries []node.Delivery
+	done       chan struct{} // closed when the reader has seen the subscription end
+	deliveries []*node.Delivery
+}
+
+// nextDelivery waits for sub's next delivery. It returns nil and why the
+// subscription ended once it has ended and handed out what was queued
+// before, or nil and ctx's error.
+func nextDelivery(ctx context.Context, sub *node.Subscription) (*node.Delivery, error) {
+	for {
+		if d, err := sub.Pop(); d != nil || err != nil {
+			return d, err
+		}
+		select {
+		case <-sub.Ready():
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// deliveries yields sub's deliveries until it ends, as ranging over a
+// channel closed at the end would.
+func deliveries(sub *node.Subscription) iter.Seq[*node.Delivery] {
+	return func(yield func(*node.Delivery) bool) {
+		for {
+			d, err := nextDelivery(context.Background(), sub)
+			if err != nil || !yield(d) {
+				return
+			}
+		}
+	}
 }
 
 func subscribe(tb testing.TB, n *node.Node, session string) *observed {
@@ -43,7 +74,7 @@ func subscribe(tb testing.TB, n *node.Node, session string) *observed {
 	o.sub = sub
 	go func() {
 		defer close(o.done)
-		for d := range sub.C {
+		for d := range deliveries(sub) {
 			o.deliveries = append(o.deliveries, d)
 		}
 	}()
@@ -217,7 +248,7 @@ func TestHubSlowSubscriberAndShutdown(t *testing.T) {
 	readerDone := make(chan struct{})
 	go func() {
 		defer close(readerDone)
-		for d := range fast.C {
+		for d := range deliveries(fast) {
 			got <- d.Index
 		}
 	}()
@@ -240,7 +271,7 @@ func TestHubSlowSubscriberAndShutdown(t *testing.T) {
 		t.Fatalf("slow subscriber: Err() = %v, want ErrSlowSubscriber", slow.Err())
 	}
 	var queued []uint64
-	for d := range slow.C {
+	for d := range deliveries(slow) {
 		queued = append(queued, d.Index)
 	}
 	if !slices.Equal(queued, want[:4]) {
