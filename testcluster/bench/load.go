@@ -610,6 +610,7 @@ func waitAck(ctx context.Context, p *player, cs uint64) bool {
 // stats gathers what the players measured for ops sent in [from, to).
 type stats struct {
 	ack, e2e, all []time.Duration
+	ackByNode     map[int][]time.Duration // ack by the node the sender's socket is on
 	deliveries    int64
 	bytes         int64
 	sent          int // ops sent
@@ -617,13 +618,15 @@ type stats struct {
 }
 
 func (l *load) stats(from, to time.Time) stats {
-	var st stats
+	st := stats{ackByNode: map[int][]time.Duration{}}
 	in := func(s sample) bool { return !s.at.Before(from) && s.at.Before(to) }
 	for _, p := range l.players {
+		node := int(p.node.Load())
 		p.mu.Lock()
 		for _, s := range p.ack {
 			if in(s) {
 				st.ack = append(st.ack, s.lat)
+				st.ackByNode[node] = append(st.ackByNode[node], s.lat)
 			}
 		}
 		for _, s := range p.e2e {

@@ -73,6 +73,20 @@ func (r *runner) steady(ctx context.Context) ([]Figure, error) {
 	all[0].Note = "send → the last socket of the session has the broadcast"
 	figs = append(figs, all...)
 	figs = append(figs, latencyFigures("", "acknowledgement", st.ack)[:2]...)
+	if c.procs != nil {
+		if leader, err := c.procs.WaitLeader(ctx, 5*time.Second); err == nil {
+			var onFollowers []time.Duration
+			for n, ds := range st.ackByNode {
+				if n != leader {
+					onFollowers = append(onFollowers, ds...)
+				}
+			}
+			figs = append(figs,
+				Figure{Name: "acknowledgement p50, leader's sockets", Value: percentile(st.ackByNode[leader], 0.5), Unit: "ms"},
+				Figure{Name: "acknowledgement p50, followers' sockets", Value: percentile(onFollowers, 0.5), Unit: "ms",
+					Note: "a write on a follower is forwarded to the leader and acknowledged once the follower applied it"})
+		}
+	}
 	figs = append(figs,
 		Figure{Name: "join (snapshot) p50", Value: percentile(joins, 0.5), Unit: "ms",
 			Note: fmt.Sprintf("%d sockets opened 64 at a time before the load; %.0f bytes until the snapshot", len(joins), joinBytes/float64(len(joins)))},
