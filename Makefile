@@ -31,9 +31,11 @@ CHAOS_FLAGS ?=
 chaos: build
 	bin/chorus chaos --duration 60s --nemesis all $(CHAOS_FLAGS)
 
-bench:
-	@echo "make bench: the load generator is not built yet; see make bench-fsm" >&2
-	@exit 1
+# The standard scenarios of chorus bench (BENCHMARKS.md); output under bench-runs/.
+# BENCH_FLAGS adds or overrides flags, e.g. BENCH_FLAGS="--scenarios steady,burst".
+BENCH_FLAGS ?=
+bench: build
+	bin/chorus bench $(BENCH_FLAGS)
 
 fuzz:
 	go test ./fsm -run '^$$' -fuzz '^FuzzDecodeCommand$$' -fuzztime $(FUZZTIME)
