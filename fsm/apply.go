@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 	"unique"
 )
@@ -428,6 +429,9 @@ func (s *State) playerJoin(index uint64, c Command) (Result, []Event) {
 		sess.live = &room{}
 	}
 	p := NewPlayerInfo(c.Player, c.Node, c.Epoch, c.At)
+	if !slices.ContainsFunc(sess.live.players, func(q PlayerInfo) bool { return q.Node == p.Node }) {
+		s.writableShard(sess.ID).link(p.Node, sess.ID) // the session's first player on that node
+	}
 	sess.live.players = append(sess.live.players, p)
 	events = append(events, Event{Type: EventPlayerJoined, Session: sess.ID, Player: p.ID, Others: true, Joined: &p})
 	return finish(sess, c, index, StatusOK), events
@@ -447,7 +451,7 @@ func (s *State) presence(index uint64, c Command) (Result, []Event) {
 	var events []Event
 	switch c.Kind {
 	case KindPlayerLeave:
-		events = sess.dropPlayers(func(p PlayerInfo) bool { return p.ID == c.Player })
+		events = s.dropPlayers(sess, func(p PlayerInfo) bool { return p.ID == c.Player })
 	case KindPlaybackStart:
 		if !contains(sess.live.playing, c.Player) {
 			sess.live.playing = append(sess.live.playing, c.Player)
@@ -460,29 +464,39 @@ func (s *State) presence(index uint64, c Command) (Result, []Event) {
 	return finish(sess, c, index, StatusOK), events
 }
 
-// dropPlayers removes the players that match and returns what the remaining
-// sockets are told: playback_stopped for a player who was playing, then
-// player_left. A session left with no players drops its room and history.
-func (s *Session) dropPlayers(match func(PlayerInfo) bool) []Event {
-	if s.live == nil {
+// dropPlayers removes the players of sess (a writable session) that match and
+// returns what the remaining sockets are told: playback_stopped for a player
+// who was playing, then player_left. A session left with no players drops its
+// room and history. The shard's per-node index follows.
+func (s *State) dropPlayers(sess *Session, match func(PlayerInfo) bool) []Event {
+	if sess.live == nil {
 		return nil
 	}
 	var events []Event
-	kept := s.live.players[:0]
-	for _, p := range s.live.players {
+	gone := make([]string, 0, MaxPlayers) // the nodes of the dropped players (on the stack)
+	kept := sess.live.players[:0]
+	for _, p := range sess.live.players {
 		if !match(p) {
 			kept = append(kept, p)
 			continue
 		}
-		if contains(s.live.playing, p.ID) {
-			s.live.playing = without(s.live.playing, p.ID)
-			events = append(events, Event{Type: EventPlaybackStopped, Session: s.ID, Player: p.ID, Others: true})
+		gone = append(gone, p.Node)
+		if contains(sess.live.playing, p.ID) {
+			sess.live.playing = without(sess.live.playing, p.ID)
+			events = append(events, Event{Type: EventPlaybackStopped, Session: sess.ID, Player: p.ID, Others: true})
 		}
-		events = append(events, Event{Type: EventPlayerLeft, Session: s.ID, Player: p.ID, Others: true})
+		events = append(events, Event{Type: EventPlayerLeft, Session: sess.ID, Player: p.ID, Others: true})
 	}
-	s.live.players = kept
+	sess.live.players = kept
 	if len(kept) == 0 {
-		s.live = nil
+		sess.live = nil
+	}
+	// A session stays in a node's index while one of its players on that node stays.
+	sh := s.writableShard(sess.ID)
+	for _, node := range gone {
+		if !slices.ContainsFunc(kept, func(k PlayerInfo) bool { return k.Node == node }) {
+			sh.unlink(node, sess.ID)
+		}
 	}
 	return events
 }
@@ -515,8 +529,9 @@ func (s *State) nodeEpoch(index uint64, c Command) (Result, []Event) {
 }
 
 // setEpoch records a node's epoch and drops its players that the new epoch
-// retires: older incarnations, and with reaped the current one too. Sessions
-// are visited in id order so that events come out the same on every replica.
+// retires: older incarnations, and with reaped the current one too. Only the
+// sessions with players on that node are visited (the shards' byNode index),
+// in id order, so that events come out the same on every replica.
 func (s *State) setEpoch(node string, ns nodeState) []Event {
 	s.nodes[node] = ns
 	retired := func(p PlayerInfo) bool {
@@ -524,22 +539,16 @@ func (s *State) setEpoch(node string, ns nodeState) []Event {
 	}
 	var ids []string
 	for _, sh := range s.shards {
-		for id, sess := range sh.m {
-			if sess.live == nil {
-				continue
-			}
-			for _, p := range sess.live.players {
-				if retired(p) {
-					ids = append(ids, id)
-					break
-				}
+		for id := range sh.byNode[node] {
+			if slices.ContainsFunc(sh.m[id].Players(), retired) {
+				ids = append(ids, id)
 			}
 		}
 	}
 	sort.Strings(ids)
 	var events []Event
 	for _, id := range ids {
-		events = append(events, s.writable(id).dropPlayers(retired)...)
+		events = append(events, s.dropPlayers(s.writable(id), retired)...)
 	}
 	return events
 }

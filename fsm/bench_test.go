@@ -658,3 +658,83 @@ func BenchmarkResidentBytes(b *testing.B) {
 		b.ReportMetric(per, "B/session")
 	})
 }
+
+// benchEpochLive is how many of BenchmarkNodeEpoch's sessions have players.
+const benchEpochLive = 4
+
+// BenchmarkNodeEpoch is what a node restarting (node_epoch) or being reaped
+// (reap_node) costs raft's apply goroutine in a state of 100k sessions, of
+// which benchEpochLive have players: two on node-1 and one on node-2 each.
+//
+//   - node_epoch, reap_node: the command about node-1, which drops its 8
+//     players. Before each iteration, with the timer stopped, they join again.
+//   - node_epoch_no_players: a newer epoch of node-3, which has no players.
+func BenchmarkNodeEpoch(b *testing.B) {
+	const other = "node-2"
+	build := func(b *testing.B) (a *benchApplier, live []string) {
+		a = newBenchApplier()
+		name := "Beat"
+		for i := 0; i < benchTypicalSessions; i++ {
+			id := benchSessionID(i)
+			a.must(b, Command{Kind: KindCreate, Session: id, Target: id, Name: &name}) // the default state
+		}
+		for i := 0; i < benchEpochLive; i++ {
+			id := benchSessionID(i * (benchTypicalSessions / benchEpochLive))
+			a.must(b, Command{Kind: KindPlayerJoin, Session: id, Player: benchPlayers[2], Node: other, Epoch: 1})
+			live = append(live, id)
+		}
+		return a, live
+	}
+	for _, k := range []Kind{KindNodeEpoch, KindReapNode} {
+		b.Run(k.String(), func(b *testing.B) {
+			a, live := build(b)
+			b.ReportAllocs()
+			for b.Loop() {
+				b.StopTimer()
+				epoch, reaped := a.s.NodeEpoch(benchNode)
+				if reaped || epoch == 0 {
+					epoch++ // the first join implies the new epoch
+				}
+				for _, id := range live {
+					for _, p := range benchPlayers[:2] {
+						a.must(b, Command{Kind: KindPlayerJoin, Session: id, Player: p, Node: benchNode, Epoch: epoch})
+					}
+				}
+				c := Command{Kind: k, Node: benchNode, Epoch: epoch}
+				if k == KindNodeEpoch {
+					c.Epoch++
+				}
+				b.StartTimer()
+				res, events := a.apply(c)
+				if res.Status != StatusOK || len(events) != 2*benchEpochLive {
+					b.Fatalf("%s: status %s, %d events", k, res.Status, len(events))
+				}
+			}
+		})
+	}
+	b.Run("node_epoch_no_players", func(b *testing.B) {
+		a, _ := build(b)
+		b.ReportAllocs()
+		epoch := uint64(0)
+		for b.Loop() {
+			epoch++
+			if res, events := a.apply(Command{Kind: KindNodeEpoch, Node: "node-3", Epoch: epoch}); res.Status != StatusOK || len(events) != 0 {
+				b.Fatalf("status %s, %d events", res.Status, len(events))
+			}
+		}
+	})
+}
+
+// BenchmarkValidateState is the HTTP check (PROTOCOL.md §1.4.1) of the
+// typical 8-track state that BenchmarkApply/create parses; a node runs it
+// before proposing a create or PUT.
+func BenchmarkValidateState(b *testing.B) {
+	state := benchStateJSON(2)
+	b.ReportAllocs()
+	b.SetBytes(int64(len(state)))
+	for b.Loop() {
+		if d := ValidateState(state); d != nil {
+			b.Fatal(d)
+		}
+	}
+}

@@ -17,6 +17,7 @@ import (
 // The exception is a key that AppendJSON always writes from the model (state
 // tracks, tempo, swing and version; track steps and parameterLocks): keeping it
 // too would send the key twice, and JSON.parse keeps the last one.
+// It reads with jsonr.go: one syntax check per payload, then one walk.
 
 // member is one key of a JSON object that the model does not interpret.
 type member struct {
@@ -28,7 +29,9 @@ type member struct {
 // place once stored, so clones can share it.
 type members []member
 
-func (m *members) with(key string, raw json.RawMessage) *members {
+// with returns the list with key set to a compacted copy of raw, which
+// therefore never shares memory with the command it came from.
+func (m *members) with(key string, raw []byte) *members {
 	var out members
 	if m != nil {
 		out = make(members, 0, len(*m)+1)
@@ -75,109 +78,35 @@ func (m *members) appendJSON(b []byte, first bool) []byte {
 	return b
 }
 
-// jsonKind returns the first byte of a JSON value: '{', '[', '"', 't', 'f', 'n',
-// or a digit or '-' for a number. It returns 0 for empty input.
-func jsonKind(raw []byte) byte {
-	for _, c := range raw {
-		switch c {
-		case ' ', '\t', '\n', '\r':
-			continue
-		}
-		if c == '-' || (c >= '0' && c <= '9') {
-			return '0'
-		}
-		return c
-	}
-	return 0
-}
-
-var errNotObject = errors.New("not a JSON object")
-
-// eachMember calls fn for every key of a JSON object, in order. Duplicate keys
-// are reported each time; callers let the last one win, as JSON.parse does.
-func eachMember(raw []byte, fn func(key string, val json.RawMessage)) error {
-	if jsonKind(raw) != '{' {
-		return errNotObject
-	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	if _, err := dec.Token(); err != nil {
-		return err
-	}
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return err
-		}
-		key, ok := tok.(string)
-		if !ok {
-			return fmt.Errorf("object key is %T", tok)
-		}
-		var val json.RawMessage
-		if err := dec.Decode(&val); err != nil {
-			return err
-		}
-		fn(key, val)
-	}
-	_, err := dec.Token()
-	return err
-}
-
-// eachElement calls fn for every element of a JSON array, or for every member of
-// an object whose key is a non-negative integer (an array-like object, as some
-// scripts send). fn sees elements with an index below limit only.
-func eachElement(raw []byte, limit int, fn func(i int, val json.RawMessage)) error {
-	switch jsonKind(raw) {
-	case '[':
-		var elems []json.RawMessage
-		if err := json.Unmarshal(raw, &elems); err != nil {
-			return err
-		}
-		for i, e := range elems {
-			if i >= limit {
-				break
-			}
-			fn(i, e)
-		}
-		return nil
-	case '{':
-		return eachMember(raw, func(key string, val json.RawMessage) {
-			i, err := strconv.Atoi(key)
-			if err != nil || i < 0 || i >= limit || strconv.Itoa(i) != key {
-				return
-			}
-			fn(i, val)
-		})
-	default:
-		return errors.New("not an array")
-	}
-}
-
 // parseNumber reads a JSON number. A number too large for float64 reads as ±Inf,
 // as in JavaScript.
-func parseNumber(raw []byte) (float64, bool) {
-	if jsonKind(raw) != '0' {
+func parseNumber(v jsonValue) (float64, bool) {
+	if jsonKind(v) != '0' {
 		return 0, false
 	}
-	f, err := strconv.ParseFloat(string(bytes.TrimSpace(raw)), 64)
+	f, err := strconv.ParseFloat(string(v), 64)
 	if err != nil && !errors.Is(err, strconv.ErrRange) {
 		return 0, false
 	}
 	return f, true
 }
 
-func parseString(raw []byte) (string, bool) {
-	if jsonKind(raw) != '"' {
-		return "", false
+// parseText reads a JSON string without copying it: the result may share
+// memory with v.
+func parseText(v jsonValue) ([]byte, bool) {
+	if jsonKind(v) != '"' {
+		return nil, false
 	}
-	var s string
-	if err := json.Unmarshal(raw, &s); err != nil {
-		return "", false
-	}
-	return s, true
+	return unquote(v), true
 }
 
-func parseBool(raw []byte) (v, ok bool) {
-	switch jsonKind(raw) {
+func parseString(v jsonValue) (string, bool) {
+	s, ok := parseText(v)
+	return string(s), ok
+}
+
+func parseBool(v jsonValue) (b, ok bool) {
+	switch jsonKind(v) {
 	case 't':
 		return true, true
 	case 'f':
@@ -187,37 +116,44 @@ func parseBool(raw []byte) (v, ok bool) {
 }
 
 // truthy is JavaScript truthiness of a JSON value.
-func truthy(raw []byte) bool {
-	switch jsonKind(raw) {
+func truthy(v jsonValue) bool {
+	switch jsonKind(v) {
 	case 't', '{', '[':
 		return true
 	case '"':
-		s, _ := parseString(raw)
-		return s != ""
+		return len(v) > 2 // only "" decodes to the empty string
 	case '0':
-		f, _ := parseNumber(raw)
+		f, _ := parseNumber(v)
 		return f != 0 && !math.IsNaN(f)
 	}
 	return false
 }
+
+// The parsers below come in two forms: parseX reads raw client bytes
+// (checking them with checkObject first), and xFrom reads a value that is
+// already checked, such as one track of a state.
 
 // ParseSessionState reads a state object sent by a client (HTTP create or PUT,
 // already validated by ValidateState) over the defaults {tracks: [], tempo: 120,
 // swing: 0, version: 1}, then repairs it (PROTOCOL.md §6). Track entries that
 // are not objects with a non-empty string id are dropped.
 func ParseSessionState(raw []byte) (SessionState, error) {
+	obj, err := checkObject(raw)
+	if err != nil {
+		return SessionState{}, fmt.Errorf("parse state: %w", err)
+	}
 	st := SessionState{Tempo: DefaultTempo, Swing: 0, Version: 1}
-	err := eachMember(raw, func(key string, val json.RawMessage) {
+	obj.members(func(key []byte, val jsonValue) {
 		typed := true
-		switch key {
+		switch string(key) {
 		case "tracks":
 			if jsonKind(val) != '[' {
 				typed = false
 				break
 			}
 			st.Tracks = st.Tracks[:0]
-			_ = eachElement(val, math.MaxInt, func(_ int, tv json.RawMessage) { // val is valid JSON: no error
-				if t, ok := parseTrack(tv); ok {
+			val.elements(math.MaxInt, func(_ int, tv jsonValue) {
+				if t, ok := trackFrom(tv); ok {
 					st.Tracks = append(st.Tracks, t)
 				}
 			})
@@ -238,7 +174,7 @@ func ParseSessionState(raw []byte) (SessionState, error) {
 			}
 		case "effects":
 			var e EffectsState
-			if e, typed = parseEffects(val); typed {
+			if e, typed = effectsFrom(val); typed {
 				st.Effects = &e
 			} else {
 				st.Effects = nil
@@ -248,15 +184,14 @@ func ParseSessionState(raw []byte) (SessionState, error) {
 		}
 		// AppendJSON always writes tracks, tempo, swing and version, so a
 		// wrong-typed one kept among the unknown keys would repeat the key.
-		if typed || key == "tracks" || key == "tempo" || key == "swing" || key == "version" {
-			st.extra = st.extra.without(key)
+		// (string(key) in a comparison or a call that does not keep it
+		// allocates nothing.)
+		if typed || string(key) == "tracks" || string(key) == "tempo" || string(key) == "swing" || string(key) == "version" {
+			st.extra = st.extra.without(string(key))
 		} else {
-			st.extra = st.extra.with(key, val)
+			st.extra = st.extra.with(string(key), val)
 		}
 	})
-	if err != nil {
-		return SessionState{}, fmt.Errorf("parse state: %w", err)
-	}
 	st.repair()
 	return st, nil
 }
@@ -266,11 +201,22 @@ func ParseSessionState(raw []byte) (SessionState, error) {
 func ParseTrack(raw []byte) (t SessionTrack, ok bool) { return parseTrack(raw) }
 
 func parseTrack(raw []byte) (SessionTrack, bool) {
+	obj, err := checkObject(raw)
+	if err != nil {
+		return SessionTrack{}, false
+	}
+	return trackFrom(obj)
+}
+
+func trackFrom(obj jsonValue) (SessionTrack, bool) {
+	if jsonKind(obj) != '{' {
+		return SessionTrack{}, false
+	}
 	var t SessionTrack
 	hasID := false
-	err := eachMember(raw, func(key string, val json.RawMessage) {
+	obj.members(func(key []byte, val jsonValue) {
 		typed := true
-		switch key {
+		switch string(key) {
 		case "id":
 			t.ID, typed = parseString(val)
 			hasID = typed && t.ID != ""
@@ -285,8 +231,8 @@ func parseTrack(raw []byte) (SessionTrack, bool) {
 			case 'n':
 				t.SetNull(FieldPlaybackMode)
 			case '"':
-				s, _ := parseString(val)
-				switch s {
+				s, _ := parseText(val)
+				switch string(s) {
 				case "oneshot":
 					t.Mode = ModeOneshot
 					t.Set(FieldPlaybackMode)
@@ -313,21 +259,21 @@ func parseTrack(raw []byte) (SessionTrack, bool) {
 			typed = parseField(&t, FieldSoloed, &t.Soloed, val, parseBool)
 		case "steps":
 			t.steps = [2]uint64{}
-			typed = eachElement(val, MaxSteps, func(i int, v json.RawMessage) {
+			typed = val.elements(MaxSteps, func(i int, v jsonValue) {
 				t.SetStep(i, truthy(v))
-			}) == nil
+			})
 		case "parameterLocks":
 			t.locks = nil
-			typed = eachElement(val, MaxSteps, func(i int, v json.RawMessage) {
-				if l, ok := parseLock(v, false); ok {
+			typed = val.elements(MaxSteps, func(i int, v jsonValue) {
+				if l, ok := lockFrom(v, false); ok {
 					t.SetLock(i, &l)
 				} else {
 					t.SetLock(i, nil)
 				}
-			}) == nil
+			})
 		case "fmParams":
 			var fm FMParams
-			if fm, typed = parseFM(val); typed {
+			if fm, typed = fmFrom(val); typed {
 				t.FM = &fm
 			} else {
 				t.FM = nil
@@ -337,13 +283,13 @@ func parseTrack(raw []byte) (SessionTrack, bool) {
 		}
 		// AppendJSON always writes steps and parameterLocks (as 128-entry
 		// arrays): a wrong-typed one reads as empty, not as an unknown key.
-		if typed || key == "steps" || key == "parameterLocks" {
-			t.extra = t.extra.without(key)
+		if typed || string(key) == "steps" || string(key) == "parameterLocks" {
+			t.extra = t.extra.without(string(key))
 		} else {
-			t.extra = t.extra.with(key, val)
+			t.extra = t.extra.with(string(key), val)
 		}
 	})
-	if err != nil || !hasID {
+	if !hasID {
 		return SessionTrack{}, false
 	}
 	return t, true
@@ -352,7 +298,7 @@ func parseTrack(raw []byte) (SessionTrack, bool) {
 // parseField reads an optional track field: null marks it null, a value of
 // the expected type sets it, anything else leaves it absent and reports false
 // (the caller keeps the raw value among the unknown keys).
-func parseField[T any](t *SessionTrack, f Field, dst *T, val []byte, parse func([]byte) (T, bool)) bool {
+func parseField[T any](t *SessionTrack, f Field, dst *T, val jsonValue, parse func(jsonValue) (T, bool)) bool {
 	t.Unset(f)
 	var zero T
 	*dst = zero
@@ -370,7 +316,7 @@ func parseField[T any](t *SessionTrack, f Field, dst *T, val []byte, parse func(
 
 // parseSharedString is parseString keeping one copy of each value: track
 // names and sample ids repeat across sessions ("Kick", "kick").
-func parseSharedString(val []byte) (string, bool) {
+func parseSharedString(val jsonValue) (string, bool) {
 	s, ok := parseString(val)
 	return unique.Make(s).Value(), ok
 }
@@ -379,15 +325,26 @@ func parseSharedString(val []byte) (string, bool) {
 // rejects any key other than a numeric pitch or volume; lenient parsing (stored
 // state, add_track) keeps the numeric pitch and volume and drops the rest.
 func parseLock(raw []byte, strict bool) (ParameterLock, bool) {
+	obj, err := checkObject(raw)
+	if err != nil {
+		return ParameterLock{}, false
+	}
+	return lockFrom(obj, strict)
+}
+
+func lockFrom(obj jsonValue, strict bool) (ParameterLock, bool) {
+	if jsonKind(obj) != '{' {
+		return ParameterLock{}, false
+	}
 	var l ParameterLock
 	ok := true
-	err := eachMember(raw, func(key string, val json.RawMessage) {
+	obj.members(func(key []byte, val jsonValue) {
 		n, isNum := parseNumber(val)
-		switch {
-		case key == "pitch" && isNum:
+		switch k := string(key); {
+		case k == "pitch" && isNum:
 			l.Pitch = n
 			l.flags |= lockPitch
-		case key == "volume" && isNum:
+		case k == "volume" && isNum:
 			if l.flags&lockPitch == 0 {
 				l.flags |= lockVolumeFirst
 			}
@@ -399,7 +356,7 @@ func parseLock(raw []byte, strict bool) (ParameterLock, bool) {
 			}
 		}
 	})
-	if err != nil || !ok {
+	if !ok {
 		return ParameterLock{}, false
 	}
 	if l.flags&(lockPitch|lockVolume) != lockPitch|lockVolume {
@@ -411,17 +368,28 @@ func parseLock(raw []byte, strict bool) (ParameterLock, bool) {
 // parseFM reads an FMParams object with numeric harmonicity and modulationIndex,
 // unclamped.
 func parseFM(raw []byte) (FMParams, bool) {
+	obj, err := checkObject(raw)
+	if err != nil {
+		return FMParams{}, false
+	}
+	return fmFrom(obj)
+}
+
+func fmFrom(obj jsonValue) (FMParams, bool) {
+	if jsonKind(obj) != '{' {
+		return FMParams{}, false
+	}
 	var fm FMParams
 	var hasH, hasM bool
-	err := eachMember(raw, func(key string, val json.RawMessage) {
-		switch key {
+	obj.members(func(key []byte, val jsonValue) {
+		switch string(key) {
 		case "harmonicity":
 			fm.Harmonicity, hasH = parseNumber(val)
 		case "modulationIndex":
 			fm.ModulationIndex, hasM = parseNumber(val)
 		}
 	})
-	return fm, err == nil && hasH && hasM
+	return fm, hasH && hasM
 }
 
 // clampFM applies the FMParams bounds of PROTOCOL.md §2.4.
@@ -438,61 +406,53 @@ var delayTimes = [...]string{"32n", "16n", "16t", "8n", "8t", "4n", "4t", "2n", 
 // §3.4). ok is false unless the four wet values are numbers. A missing or
 // non-numeric other value takes the client's default (the original stored null).
 func parseEffects(raw []byte) (EffectsState, bool) {
+	obj, err := checkObject(raw)
+	if err != nil {
+		return EffectsState{}, false
+	}
+	return effectsFrom(obj)
+}
+
+func effectsFrom(obj jsonValue) (EffectsState, bool) {
+	if jsonKind(obj) != '{' {
+		return EffectsState{}, false
+	}
 	e := EffectsState{
 		ReverbDecay: 2, DelayTime: "8n", DelayFeedback: 0.3,
 		ChorusFrequency: 1.5, ChorusDepth: 0.5, DistortionAmount: 0.4,
 	}
-	var wets int
-	sub := func(val json.RawMessage, fields map[string]*float64, wet *float64, time *string) {
-		// Counted once per object, so a duplicate "wet" key cannot stand in for a missing one.
-		wetOK := false
-		_ = eachMember(val, func(key string, v json.RawMessage) { // a non-object counts as missing
-			if key == "wet" {
-				n, ok := parseNumber(v)
-				if ok {
-					*wet = n
-				}
-				wetOK = ok // the last duplicate decides, as in JSON.parse
-				return
-			}
-			if key == "time" && time != nil {
-				if s, ok := parseString(v); ok {
-					*time = "8n"
-					for _, d := range delayTimes {
-						if s == d {
-							*time = s
-						}
-					}
-				}
-				return
-			}
-			if dst, ok := fields[key]; ok {
-				if n, ok := parseNumber(v); ok {
-					*dst = n
-				}
-			}
-		})
-		if wetOK {
+	// JSON.parse keeps the last of duplicate keys: find the last of each
+	// section first, then read each once. A missing section stays nil.
+	var reverb, delay, chorus, distortion jsonValue
+	obj.members(func(key []byte, val jsonValue) {
+		switch string(key) {
+		case "reverb":
+			reverb = val
+		case "delay":
+			delay = val
+		case "chorus":
+			chorus = val
+		case "distortion":
+			distortion = val
+		}
+	})
+	wets := 0
+	for _, sec := range [...]struct {
+		val    jsonValue
+		wet    *float64
+		time   *string // delay only
+		fields [2]effectField
+	}{
+		{reverb, &e.ReverbWet, nil, [2]effectField{{"decay", &e.ReverbDecay}}},
+		{delay, &e.DelayWet, &e.DelayTime, [2]effectField{{"feedback", &e.DelayFeedback}}},
+		{chorus, &e.ChorusWet, nil, [2]effectField{{"frequency", &e.ChorusFrequency}, {"depth", &e.ChorusDepth}}},
+		{distortion, &e.DistortionWet, nil, [2]effectField{{"amount", &e.DistortionAmount}}},
+	} {
+		if effectSection(sec.val, sec.wet, sec.time, sec.fields) {
 			wets++
 		}
 	}
-	// JSON.parse keeps the last of duplicate keys: collect the last of each
-	// group first, then read them once.
-	groups := map[string]json.RawMessage{}
-	err := eachMember(raw, func(key string, val json.RawMessage) { groups[key] = val })
-	if v, ok := groups["reverb"]; ok {
-		sub(v, map[string]*float64{"decay": &e.ReverbDecay}, &e.ReverbWet, nil)
-	}
-	if v, ok := groups["delay"]; ok {
-		sub(v, map[string]*float64{"feedback": &e.DelayFeedback}, &e.DelayWet, &e.DelayTime)
-	}
-	if v, ok := groups["chorus"]; ok {
-		sub(v, map[string]*float64{"frequency": &e.ChorusFrequency, "depth": &e.ChorusDepth}, &e.ChorusWet, nil)
-	}
-	if v, ok := groups["distortion"]; ok {
-		sub(v, map[string]*float64{"amount": &e.DistortionAmount}, &e.DistortionWet, nil)
-	}
-	if err != nil || wets < 4 {
+	if wets < 4 {
 		return EffectsState{}, false
 	}
 	e.ReverbDecay = clamp(e.ReverbDecay, 0.1, 10)
@@ -505,6 +465,48 @@ func parseEffects(raw []byte) (EffectsState, bool) {
 	e.DistortionAmount = clamp(e.DistortionAmount, 0, 1)
 	e.DistortionWet = clamp(e.DistortionWet, 0, 1)
 	return e, true
+}
+
+// effectField is a numeric key of an effects section and where it goes.
+type effectField struct {
+	key string
+	dst *float64
+}
+
+// effectSection reads one section of an effects object (reverb, delay, ...)
+// into wet, time (delay's, else nil) and fields. It reports whether the
+// section has a numeric wet, counted once per section, so that a duplicate
+// "wet" key cannot stand in for a missing one; the last duplicate decides, as
+// in JSON.parse. Anything but an object counts as a missing section.
+func effectSection(sec jsonValue, wet *float64, time *string, fields [2]effectField) (wetOK bool) {
+	sec.members(func(key []byte, v jsonValue) {
+		switch k := string(key); {
+		case k == "wet":
+			n, ok := parseNumber(v)
+			if ok {
+				*wet = n
+			}
+			wetOK = ok
+		case k == "time" && time != nil:
+			if s, ok := parseText(v); ok {
+				*time = "8n"
+				for _, d := range delayTimes {
+					if string(s) == d {
+						*time = d
+					}
+				}
+			}
+		default:
+			for _, f := range fields {
+				if f.dst != nil && k == f.key {
+					if n, ok := parseNumber(v); ok {
+						*f.dst = n
+					}
+				}
+			}
+		}
+	})
+	return wetOK
 }
 
 func clamp(x, lo, hi float64) float64 {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"hash/crc32"
+	"maps"
 	"reflect"
 	"slices"
 	"strconv"
@@ -216,6 +217,32 @@ func propCheckInvariants(tb propTB, s *State, oversized propOversized) {
 			playing[p] = true
 		}
 	}
+	propCheckNodeIndex(tb, s)
+}
+
+// propCheckNodeIndex checks the per-node index that node_epoch and
+// reap_node read (shard.byNode) against a walk of every session: under each
+// node, each shard lists exactly its sessions with a player on that node,
+// and no node with none.
+func propCheckNodeIndex(tb propTB, s *State) {
+	tb.Helper()
+	for i, sh := range s.shards {
+		want := map[string]map[string]struct{}{}
+		for id, sess := range sh.m {
+			if shardOf(id) != i {
+				tb.Fatalf("session %s in shard %d, not %d", id, i, shardOf(id))
+			}
+			for _, p := range sess.Players() {
+				if want[p.Node] == nil {
+					want[p.Node] = map[string]struct{}{}
+				}
+				want[p.Node][id] = struct{}{}
+			}
+		}
+		if !maps.EqualFunc(sh.byNode, want, maps.Equal) {
+			tb.Fatalf("shard %d: node index %v, sessions with players per node %v", i, sh.byNode, want)
+		}
+	}
 }
 
 // propCheckJSON checks what clients receive for a session: valid JSON, no key
@@ -273,6 +300,8 @@ func propMembers(raw []byte, fail func(string, ...any)) map[string]json.RawMessa
 // propSameView checks that two states answer every read the same way.
 func propSameView(tb propTB, a, b *State) {
 	tb.Helper()
+	propCheckNodeIndex(tb, a)
+	propCheckNodeIndex(tb, b)
 	if a.Index() != b.Index() || a.Len() != b.Len() || !slices.Equal(a.SessionIDs(), b.SessionIDs()) {
 		tb.Fatalf("index %d/%d, sessions %q / %q", a.Index(), b.Index(), a.SessionIDs(), b.SessionIDs())
 	}
@@ -498,6 +527,9 @@ func TestPropCloneIsolation(t *testing.T) {
 		}
 		if !bytes.Equal(propSnapshot(t, c), dBytes) {
 			t.Fatal("clone c with the alternative log differs from d")
+		}
+		for _, st := range []*State{s, c, c2, c3, d} {
+			propCheckNodeIndex(t, st)
 		}
 	})
 }

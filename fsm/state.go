@@ -1,6 +1,9 @@
 package fsm
 
-import "sort"
+import (
+	"maps"
+	"sort"
+)
 
 // numShards splits the sessions so that Clone copies 256 pointers, not one map
 // entry per session, and the first write after a Clone copies one small map.
@@ -13,6 +16,36 @@ const tombLen = 1024
 type shard struct {
 	gen uint64
 	m   map[string]*Session
+	// byNode is derived from m: for each node, the ids of this shard's
+	// sessions that have at least one player on that node. node_epoch and
+	// reap_node read it instead of walking every session. It is kept up to
+	// date wherever players come and go (put, remove, playerJoin,
+	// dropPlayers), copied with the shard (writableShard), never encoded,
+	// and rebuilt by put as ReadSnapshot restores sessions.
+	byNode map[string]map[string]struct{}
+}
+
+// link records that session id has a player on node.
+func (sh *shard) link(node, id string) {
+	ids := sh.byNode[node]
+	if ids == nil {
+		if sh.byNode == nil {
+			sh.byNode = map[string]map[string]struct{}{}
+		}
+		ids = map[string]struct{}{}
+		sh.byNode[node] = ids
+	}
+	ids[id] = struct{}{}
+}
+
+// unlink records that session id has no player on node any more.
+func (sh *shard) unlink(node, id string) {
+	if ids := sh.byNode[node]; ids != nil {
+		delete(ids, id)
+		if len(ids) == 0 {
+			delete(sh.byNode, node)
+		}
+	}
 }
 
 type nodeState struct {
@@ -127,7 +160,14 @@ func (s *State) writableShard(id string) *shard {
 		for k, v := range sh.m {
 			m[k] = v
 		}
-		sh = &shard{gen: s.gen, m: m}
+		var byNode map[string]map[string]struct{}
+		if len(sh.byNode) > 0 {
+			byNode = make(map[string]map[string]struct{}, len(sh.byNode))
+			for node, ids := range sh.byNode {
+				byNode[node] = maps.Clone(ids)
+			}
+		}
+		sh = &shard{gen: s.gen, m: m, byNode: byNode}
 		s.shards[i] = sh
 	}
 	return sh
@@ -146,18 +186,29 @@ func (s *State) writable(id string) *Session {
 	return sess
 }
 
+// put stores sess, replacing any session with its id.
 func (s *State) put(sess *Session) {
 	sess.gen = s.gen
 	sh := s.writableShard(sess.ID)
-	if _, ok := sh.m[sess.ID]; !ok {
+	if old, ok := sh.m[sess.ID]; ok {
+		for _, p := range old.Players() {
+			sh.unlink(p.Node, old.ID)
+		}
+	} else {
 		s.count++
 	}
 	sh.m[sess.ID] = sess
+	for _, p := range sess.Players() {
+		sh.link(p.Node, sess.ID)
+	}
 }
 
 func (s *State) remove(id string) {
 	sh := s.writableShard(id)
-	if _, ok := sh.m[id]; ok {
+	if old, ok := sh.m[id]; ok {
+		for _, p := range old.Players() {
+			sh.unlink(p.Node, id)
+		}
 		delete(sh.m, id)
 		s.count--
 	}

@@ -3,7 +3,9 @@ package fsm
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"regexp"
+	"strconv"
 	"strings"
 	"unicode"
 	"unicode/utf16"
@@ -14,47 +16,44 @@ import (
 // state is acceptable. Anything these rules do not check is accepted and
 // normalised later by ParseSessionState.
 func ValidateState(raw []byte) []string {
-	if jsonKind(raw) != '{' {
+	obj, err := checkObject(raw)
+	if err != nil {
 		return []string{"State must be an object"}
 	}
 	var details []string
-	var tempo, swing, tracks json.RawMessage
-	var hasTempo, hasSwing, hasTracks bool
-	if err := eachMember(raw, func(key string, val json.RawMessage) {
-		switch key {
+	var tempo, swing, tracks jsonValue // nil when absent; the last duplicate wins
+	obj.members(func(key []byte, val jsonValue) {
+		switch string(key) {
 		case "tempo":
-			tempo, hasTempo = val, true
+			tempo = val
 		case "swing":
-			swing, hasSwing = val, true
+			swing = val
 		case "tracks":
-			tracks, hasTracks = val, true
+			tracks = val
 		}
-	}); err != nil {
-		return []string{"State must be an object"}
-	}
-	details = checkRange(details, tempo, hasTempo, "Tempo", MinTempo, MaxTempo)
-	details = checkRange(details, swing, hasSwing, "Swing", MinSwing, MaxSwing)
-	if !hasTracks {
+	})
+	details = checkRange(details, tempo, "Tempo", MinTempo, MaxTempo)
+	details = checkRange(details, swing, "Swing", MinSwing, MaxSwing)
+	if tracks == nil {
 		return details
 	}
 	if jsonKind(tracks) != '[' {
 		return append(details, "Tracks must be an array")
 	}
-	var elems []json.RawMessage
-	if err := json.Unmarshal(tracks, &elems); err != nil {
-		return append(details, "Tracks must be an array")
-	}
+	var elems []jsonValue
+	tracks.elements(math.MaxInt, func(_ int, e jsonValue) { elems = append(elems, e) })
 	if len(elems) > MaxTracks {
 		details = append(details, fmt.Sprintf("Cannot have more than %d tracks", MaxTracks))
 	}
 	for i, e := range elems {
-		details = append(details, validateTrack(i, e)...)
+		details = validateTrack(details, i, e)
 	}
 	return details
 }
 
-func checkRange(details []string, val json.RawMessage, present bool, what string, lo, hi float64) []string {
-	if !present {
+// checkRange checks a number that must lie in lo..hi, if present (non-nil).
+func checkRange(details []string, val jsonValue, what string, lo, hi float64) []string {
+	if val == nil {
 		return details
 	}
 	n, ok := parseNumber(val)
@@ -67,46 +66,63 @@ func checkRange(details []string, val json.RawMessage, present bool, what string
 	return details
 }
 
-func validateTrack(i int, raw json.RawMessage) []string {
-	prefix := fmt.Sprintf("Track[%d]: ", i)
-	if jsonKind(raw) != '{' {
-		return []string{prefix + "must be an object"}
+// validateTrack appends the messages of the rules that track i fails.
+func validateTrack(details []string, i int, track jsonValue) []string {
+	fail := func(msg string) { details = append(details, "Track["+strconv.Itoa(i)+"]: "+msg) }
+	if jsonKind(track) != '{' {
+		fail("must be an object")
+		return details
 	}
-	fields := map[string]json.RawMessage{}
-	if err := eachMember(raw, func(key string, val json.RawMessage) { fields[key] = val }); err != nil {
-		return []string{prefix + "must be an object"}
+	var id, sampleID, name, steps, volume, transpose, stepCount jsonValue // nil when absent
+	track.members(func(key []byte, val jsonValue) {
+		switch string(key) {
+		case "id":
+			id = val
+		case "sampleId":
+			sampleID = val
+		case "name":
+			name = val
+		case "steps":
+			steps = val
+		case "volume":
+			volume = val
+		case "transpose":
+			transpose = val
+		case "stepCount":
+			stepCount = val
+		}
+	})
+	if s, ok := parseText(id); !ok || len(s) == 0 {
+		fail("id must be a non-empty string")
 	}
-	var details []string
-	if id, ok := parseString(fields["id"]); !ok || id == "" {
-		details = append(details, prefix+"id must be a non-empty string")
+	if _, ok := parseText(sampleID); !ok {
+		fail("sampleId must be a string")
 	}
-	if _, ok := parseString(fields["sampleId"]); !ok {
-		details = append(details, prefix+"sampleId must be a string")
+	if _, ok := parseText(name); !ok {
+		fail("name must be a string")
 	}
-	if _, ok := parseString(fields["name"]); !ok {
-		details = append(details, prefix+"name must be a string")
-	}
-	if steps, ok := fields["steps"]; !ok || jsonKind(steps) != '[' {
-		details = append(details, prefix+"steps must be an array")
+	if jsonKind(steps) != '[' {
+		fail("steps must be an array")
 	} else {
-		var elems []json.RawMessage
-		if json.Unmarshal(steps, &elems) == nil && len(elems) > MaxSteps {
-			details = append(details, fmt.Sprintf("%ssteps cannot exceed %d", prefix, MaxSteps))
+		n := 0
+		steps.elements(MaxSteps+1, func(int, jsonValue) { n++ })
+		if n > MaxSteps {
+			fail(fmt.Sprintf("steps cannot exceed %d", MaxSteps))
 		}
 	}
-	if v, ok := fields["volume"]; ok {
-		if n, isNum := parseNumber(v); !isNum || n < 0 || n > 1 {
-			details = append(details, prefix+"volume must be between 0 and 1")
+	if volume != nil {
+		if n, isNum := parseNumber(volume); !isNum || n < 0 || n > 1 {
+			fail("volume must be between 0 and 1")
 		}
 	}
-	if v, ok := fields["transpose"]; ok {
-		if n, isNum := parseNumber(v); !isNum || n < MinTranspose || n > MaxTranspose {
-			details = append(details, fmt.Sprintf("%stranspose must be between %d and %d", prefix, MinTranspose, MaxTranspose))
+	if transpose != nil {
+		if n, isNum := parseNumber(transpose); !isNum || n < MinTranspose || n > MaxTranspose {
+			fail(fmt.Sprintf("transpose must be between %d and %d", MinTranspose, MaxTranspose))
 		}
 	}
-	if v, ok := fields["stepCount"]; ok {
-		if n, isNum := parseNumber(v); !isNum || !IsValidStepCount(n) {
-			details = append(details, prefix+"stepCount must be one of 4, 8, 12, 16, 24, 32, 64, 96, 128")
+	if stepCount != nil {
+		if n, isNum := parseNumber(stepCount); !isNum || !IsValidStepCount(n) {
+			fail("stepCount must be one of 4, 8, 12, 16, 24, 32, 64, 96, 128")
 		}
 	}
 	return details
@@ -122,8 +138,8 @@ func ValidateName(raw []byte) []string {
 	if jsonKind(raw) == 'n' {
 		return nil
 	}
-	name, ok := parseString(raw)
-	if !ok {
+	var name string
+	if jsonKind(raw) != '"' || json.Unmarshal(raw, &name) != nil {
 		return []string{"Name must be a string or null"}
 	}
 	var details []string
