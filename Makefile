@@ -40,6 +40,7 @@ bench: build
 fuzz:
 	go test ./fsm -run '^$$' -fuzz '^FuzzDecodeCommand$$' -fuzztime $(FUZZTIME)
 	go test ./fsm -run '^$$' -fuzz '^FuzzApply$$' -fuzztime $(FUZZTIME)
+	go test ./fsm -run '^$$' -fuzz '^FuzzParseReference$$' -fuzztime $(FUZZTIME)
 
 bench-fsm:
 	go test ./fsm -run '^$$' -bench . -benchmem
