@@ -527,10 +527,9 @@ func (l *load) openLoop(ctx context.Context, rate float64, seed uint64) *sync.Wa
 		go func() {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(seed, uint64(i)))
-			// A random phase, so that the sessions do not send in step.
-			t := time.NewTimer(time.Duration(rng.Int64N(int64(every))))
+			pace := newPacer(time.Now(), every, rng)
+			t := time.NewTimer(pace.wait(time.Now()))
 			defer t.Stop()
-			next := time.Now()
 			for k := 0; ; k++ {
 				select {
 				case <-ctx.Done():
@@ -541,14 +540,31 @@ func (l *load) openLoop(ctx context.Context, rate float64, seed uint64) *sync.Wa
 				if p.live.Load() {
 					_, _ = p.send(ctx, rng) // a failed write shows as a missing acknowledgement
 				}
-				// Keep the average rate even when a send was late.
-				next = next.Add(every)
-				t.Reset(max(0, time.Until(next)))
+				pace.sent()
+				t.Reset(pace.wait(time.Now()))
 			}
 		}()
 	}
 	return &wg
 }
+
+// pacer spaces one session's sends every apart, starting at a random phase
+// so that the sessions do not send in step. The schedule keeps the phase
+// and the average rate when a send is late.
+type pacer struct {
+	next  time.Time
+	every time.Duration
+}
+
+func newPacer(now time.Time, every time.Duration, rng *rand.Rand) pacer {
+	return pacer{next: now.Add(time.Duration(rng.Int64N(int64(every)))), every: every}
+}
+
+// wait is how long until the next send is due.
+func (p *pacer) wait(now time.Time) time.Duration { return max(0, p.next.Sub(now)) }
+
+// sent moves the schedule on by one send.
+func (p *pacer) sent() { p.next = p.next.Add(p.every) }
 
 // closedLoop makes each of writers send its next mutation as soon as its
 // previous one is acknowledged, until ctx ends. It returns the number of

@@ -3,6 +3,7 @@ package bench
 import (
 	"errors"
 	"math"
+	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
@@ -154,5 +155,41 @@ func TestScanFrame(t *testing.T) {
 		if ok != tt.ok || got != tt.want {
 			t.Errorf("scanFrame(%s) = %+v, %v; want %+v, %v", tt.in, got, ok, tt.want, tt.ok)
 		}
+	}
+}
+
+// TestPacerKeepsPhases: sessions started together send at their own random
+// phases on every round, not all at once after the first.
+func TestPacerKeepsPhases(t *testing.T) {
+	const sessions, every = 100, 50 * time.Millisecond
+	start := time.Unix(1_700_000_000, 0)
+	rng := rand.New(rand.NewPCG(1, 2))
+	var pacers []pacer
+	for range sessions {
+		pacers = append(pacers, newPacer(start, every, rng))
+	}
+	for round := range 3 {
+		buckets := map[time.Duration]int{} // sends per millisecond of the round
+		for i := range pacers {
+			p := &pacers[i]
+			at := p.next.Sub(start) - time.Duration(round)*every
+			if at < 0 || at >= every {
+				t.Fatalf("round %d: session %d sends at %v into the round, want within [0, %v)", round, i, at, every)
+			}
+			buckets[at.Truncate(time.Millisecond)]++
+			if w := p.wait(p.next.Add(-time.Millisecond)); w != time.Millisecond {
+				t.Fatalf("wait a millisecond before the send = %v", w)
+			}
+			p.sent()
+		}
+		for ms, n := range buckets {
+			if n > 10 {
+				t.Errorf("round %d: %d of %d sessions send in the same millisecond (%v)", round, n, sessions, ms)
+			}
+		}
+	}
+	late := pacers[0]
+	if w := late.wait(late.next.Add(time.Second)); w != 0 {
+		t.Errorf("a late send waits %v, want 0", w)
 	}
 }
