@@ -634,6 +634,7 @@ func (p *player) popSnapshot() []byte {
 		return nil
 	}
 	s := p.snaps[0]
+	p.snaps[0] = pendingSnapshot{} // the frame goes to the socket; the queue must not keep it
 	p.snaps = p.snaps[1:]
 	p.skipTo = max(p.skipTo, s.index)
 	return s.frame
@@ -647,7 +648,12 @@ func (p *player) snapshotQueued() bool {
 
 func (p *player) ID() string      { return p.id }
 func (p *player) Immutable() bool { return p.immutable }
-func (p *player) First() [][]byte { return p.first }
+// First hands the first frames over once (transport.Player).
+func (p *player) First() [][]byte {
+	f := p.first
+	p.first = nil
+	return f
+}
 
 // Touch records a message from the socket.
 func (p *player) Touch() {

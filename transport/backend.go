@@ -85,7 +85,9 @@ type Player interface {
 	// Immutable reports whether the session is published.
 	Immutable() bool
 	// First returns the frames to send before anything else: a snapshot, or a
-	// resume message and the replayed broadcasts.
+	// resume message and the replayed broadcasts. It hands them over once:
+	// later calls return nil, so that a socket does not keep its first
+	// snapshot (kilobytes) for its whole life.
 	First() [][]byte
 	// Next blocks for the next frame for this socket. It returns an error when
 	// the subscription ends (ErrOverloaded, ErrRestarting, ErrGone,
