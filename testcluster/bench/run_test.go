@@ -69,11 +69,16 @@ func TestQuickRun(t *testing.T) {
 		t.Errorf("steady acknowledged %g ops/s, want about %g", f.Value, Quick().Rate*float64(Quick().Sessions))
 	}
 	zero(ScenarioSteady, "sockets dropped")
-	for _, name := range []string{"8 writers throughput", "8 writers throughput vs 1 node", "8 writers acknowledgement p50"} {
+	for _, name := range []string{"8 writers on the leader", "8 writers spread over the nodes", "8 writers on 1 node", "8 writers on the leader, acknowledgement p50"} {
 		positive(ScenarioBurst, name)
 	}
-	if f := get(ScenarioBurst, "8 writers throughput"); f.Baseline != "bare raft" || !(f.BaselineValue > 0) || math.Abs(f.Ratio-f.Value/f.BaselineValue) > 1e-9 || f.Met == nil {
-		t.Errorf("burst throughput against bare raft: %+v", f)
+	for _, name := range []string{"8 writers on the leader", "8 writers spread over the nodes"} {
+		if f := get(ScenarioBurst, name); f.Baseline != "bare raft" || !(f.BaselineValue > 0) || math.Abs(f.Ratio-f.Value/f.BaselineValue) > 1e-9 {
+			t.Errorf("burst throughput against bare raft: %+v", f)
+		}
+	}
+	if f := get(ScenarioBurst, "8 writers on the leader"); f.Met == nil {
+		t.Errorf("the like-for-like burst figure has no judged target: %+v", f)
 	}
 	positive(ScenarioFanout, "fan-out")
 	positive(ScenarioFanout, "all sockets p50")

@@ -2,11 +2,13 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -226,62 +228,133 @@ func (r *runner) burst(ctx context.Context) ([]Figure, error) {
 	}
 	var figs []Figure
 	for _, w := range z.Writers {
-		r.say("burst: %d writers: opening sockets", w)
-		l3, err := newLoad(ctx, r.hc, c3.addrs, w, 1, -1, nil)
+		f, err := r.burstOf(ctx, w, c3, c1, bare, payload)
+		figs = append(figs, f...)
 		if err != nil {
 			return figs, err
 		}
-		var l1 *load
-		if c1 != nil {
-			if l1, err = newLoad(ctx, r.hc, c1.addrs, w, 1, -1, nil); err != nil {
-				l3.close()
-				return figs, err
-			}
-		}
-		var chorus, single, raft []float64
-		var lat []time.Duration
-		var lost int64
-		for rep := 1; rep <= z.Repeats; rep++ {
-			r.say("burst: %d writers, run %d of %d: chorus, 3 nodes", w, rep, z.Repeats)
-			ops, l, lo := r.closedRun(ctx, l3, z.BurstTime)
-			chorus, lat, lost = append(chorus, ops), append(lat, l...), lost+lo
-			if l1 != nil {
-				r.say("burst: %d writers, run %d of %d: chorus, 1 node", w, rep, z.Repeats)
-				ops, _, lo := r.closedRun(ctx, l1, z.BurstTime)
-				single, lost = append(single, ops), lost+lo
-			}
-			if bare != nil {
-				r.say("burst: %d writers, run %d of %d: bare raft", w, rep, z.Repeats)
-				raft = append(raft, bareRun(ctx, bare, w, payload, z.BurstTime))
-			}
-			if ctx.Err() != nil {
-				break
-			}
-		}
-		l3.close()
-		if l1 != nil {
-			l1.close()
-		}
-		if err := ctx.Err(); err != nil {
-			return figs, err
-		}
-		name := fmt.Sprintf("%d writers", w)
-		f := Figure{Name: name + " throughput", Value: median(chorus), Unit: "ops/s",
-			Note: fmt.Sprintf("median of %d runs of %v: chorus %s; 1 node %s; bare raft %s; %d ops unacknowledged",
-				len(chorus), z.BurstTime, runs(chorus), runs(single), runs(raft), lost)}
-		if bare != nil {
-			f.Baseline, f.BaselineValue = "bare raft", median(raft)
-			f.Ratio = f.Value / f.BaselineValue
-			f.Target = ratioAtLeast(0.8)
-		}
-		figs = append(figs, f)
-		if c1 != nil {
-			figs = append(figs, Figure{Name: name + " throughput vs 1 node", Value: median(chorus), Unit: "ops/s",
-				Baseline: "1 node", BaselineValue: median(single), Ratio: median(chorus) / median(single)})
-		}
-		figs = append(figs, latencyFigures("", name+" acknowledgement", lat)[:2]...)
 	}
 	return figs, nil
+}
+
+// contender is one system a burst compares, run once per repetition.
+type contender struct {
+	name string
+	run  func() float64 // ops per second
+	ops  []float64
+}
+
+// burstOf runs w writers against: chorus with every writer's socket on the
+// leader (where bare raft's writers are too: the like-for-like comparison),
+// chorus with the sockets spread over the nodes (two writes in three
+// forwarded), one chorus node, and bare raft; the runs interleave, and
+// medians count.
+func (r *runner) burstOf(ctx context.Context, w int, c3, c1 *cluster, bare *BareRaft, payload []byte) ([]Figure, error) {
+	z := r.opts.Sizes
+	r.say("burst: %d writers: opening sockets", w)
+	leader, err := leaderOf(ctx, r.hc, c3.addrs)
+	if err != nil {
+		return nil, err
+	}
+	var loads []*load
+	defer func() {
+		for _, l := range loads {
+			l.close()
+		}
+	}()
+	open := func(addrs []string, on int) (*load, error) {
+		l, err := newLoad(ctx, r.hc, addrs, w, 1, on, nil)
+		if err == nil {
+			loads = append(loads, l)
+		}
+		return l, err
+	}
+	var lat []time.Duration
+	var lost int64
+	closed := func(l *load, keep bool) func() float64 {
+		return func() float64 {
+			ops, ls, lo := r.closedRun(ctx, l, z.BurstTime)
+			lost += lo
+			if keep {
+				lat = append(lat, ls...)
+			}
+			return ops
+		}
+	}
+	onLeader, err := open(c3.addrs, leader)
+	if err != nil {
+		return nil, err
+	}
+	spread, err := open(c3.addrs, -1)
+	if err != nil {
+		return nil, err
+	}
+	cs := []*contender{{name: "chorus, writers on the leader", run: closed(onLeader, true)}, {name: "chorus, writers spread", run: closed(spread, false)}}
+	if c1 != nil {
+		one, err := open(c1.addrs, -1)
+		if err != nil {
+			return nil, err
+		}
+		cs = append(cs, &contender{name: "chorus, 1 node", run: closed(one, false)})
+	}
+	if bare != nil {
+		cs = append(cs, &contender{name: "bare raft", run: func() float64 { return bareRun(ctx, bare, w, payload, z.BurstTime) }})
+	}
+	for rep := 1; rep <= z.Repeats && ctx.Err() == nil; rep++ {
+		for _, c := range cs {
+			r.say("burst: %d writers, run %d of %d: %s", w, rep, z.Repeats, c.name)
+			c.ops = append(c.ops, c.run())
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var detail []string
+	for _, c := range cs {
+		detail = append(detail, c.name+" "+runs(c.ops))
+	}
+	name := fmt.Sprintf("%d writers", w)
+	note := fmt.Sprintf("median of %d runs of %v each, ops/s: %s; %d ops unacknowledged", len(cs[0].ops), z.BurstTime, strings.Join(detail, "; "), lost)
+	lead := Figure{Name: name + " on the leader", Value: median(cs[0].ops), Unit: "ops/s", Note: note}
+	spreadF := Figure{Name: name + " spread over the nodes", Value: median(cs[1].ops), Unit: "ops/s"}
+	if bare != nil {
+		base := median(cs[len(cs)-1].ops)
+		for _, f := range []*Figure{&lead, &spreadF} {
+			f.Baseline, f.BaselineValue, f.Ratio = "bare raft", base, f.Value/base
+		}
+		lead.Target = ratioAtLeast(0.8)
+	}
+	figs := []Figure{lead, spreadF}
+	if c1 != nil {
+		figs = append(figs, Figure{Name: name + " on 1 node", Value: median(cs[2].ops), Unit: "ops/s"})
+	}
+	return append(figs, latencyFigures("", name+" on the leader, acknowledgement", lat)[:2]...), nil
+}
+
+// leaderOf returns the index of the node in addrs that reports itself leader.
+func leaderOf(ctx context.Context, hc *http.Client, addrs []string) (int, error) {
+	leader := -1
+	err := testcluster.Poll(15*time.Second, func() error {
+		for i, a := range addrs {
+			b, status, err := testcluster.HTTPDo(ctx, hc, http.MethodGet, "http://"+a+"/cluster/status", "", nil)
+			if err != nil || status != http.StatusOK {
+				return fmt.Errorf("status of %s: HTTP %d %v", a, status, err)
+			}
+			var st struct{ State string }
+			if json.Unmarshal(b, &st) == nil && st.State == "leader" {
+				leader = i
+				return nil
+			}
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		return errors.New("no node reports itself leader")
+	})
+	if err == nil && leader < 0 {
+		err = ctx.Err()
+	}
+	return leader, err
 }
 
 // runs prints per-run figures.
