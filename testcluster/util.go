@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"syscall"
+	"time"
 )
 
 // LockAddrs takes an exclusive lock per loopback address 127.0.0.first to
@@ -64,4 +65,18 @@ func HTTPDo(ctx context.Context, hc *http.Client, method, url, token string, bod
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	return b, resp.StatusCode, err
+}
+
+// Hold waits for d or until ctx ends, and reports whether d passed with ctx
+// still live. The chaos harness and the load generator use it to hold a
+// phase for its length; tests poll instead.
+func Hold(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }

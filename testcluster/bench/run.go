@@ -354,15 +354,3 @@ func (c *cluster) rssFigures(what string) []Figure {
 	}
 	return out
 }
-
-// hold waits for d or until ctx ends, and reports whether ctx is still live.
-func hold(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}

@@ -42,7 +42,7 @@ func (r *runner) steady(ctx context.Context) ([]Figure, error) {
 	lctx, stop := context.WithCancel(ctx)
 	wg := l.openLoop(lctx, z.Rate, r.opts.Seed)
 	defer func() { stop(); wg.Wait() }()
-	if !hold(ctx, z.Warmup) {
+	if !testcluster.Hold(ctx, z.Warmup) {
 		return nil, ctx.Err()
 	}
 	from := time.Now()
@@ -531,7 +531,7 @@ func (r *runner) failover(ctx context.Context) ([]Figure, error) {
 	var resume, caught []float64
 	dropped := int64(0)
 	for round := 1; round <= z.Rounds; round++ {
-		if !hold(ctx, 2*time.Second) {
+		if !testcluster.Hold(ctx, 2*time.Second) {
 			return nil, ctx.Err()
 		}
 		leader, err := c.procs.WaitLeader(ctx, 15*time.Second)
@@ -650,7 +650,7 @@ func (l *load) reconnector(ctx context.Context, c *cluster) {
 				defer wg.Done()
 				defer func() { mu.Lock(); delete(busy, p); mu.Unlock() }()
 				for attempt := 0; ctx.Err() == nil; attempt++ {
-					if attempt > 0 && !hold(ctx, 100*time.Millisecond) {
+					if attempt > 0 && !testcluster.Hold(ctx, 100*time.Millisecond) {
 						return
 					}
 					n := (int(p.node.Load()) + 1) % len(l.addrs)
@@ -787,11 +787,11 @@ type snapshotAnswer struct {
 // l's load runs, and reports the longest time a snapshot held the FSM
 // still, next to the writes' acknowledgement latency around it.
 func (r *runner) snapshotStall(ctx context.Context, c *cluster, l *load) ([]Figure, error) {
-	if !hold(ctx, time.Second) {
+	if !testcluster.Hold(ctx, time.Second) {
 		return nil, ctx.Err()
 	}
 	before := time.Now()
-	if !hold(ctx, 2*time.Second) {
+	if !testcluster.Hold(ctx, 2*time.Second) {
 		return nil, ctx.Err()
 	}
 	from := time.Now()
@@ -806,7 +806,7 @@ func (r *runner) snapshotStall(ctx context.Context, c *cluster, l *load) ([]Figu
 		pause, persist, bytes = append(pause, a.PauseMs), append(persist, a.PersistMs), a.Bytes
 	}
 	to := time.Now()
-	if !hold(ctx, time.Second) {
+	if !testcluster.Hold(ctx, time.Second) {
 		return nil, ctx.Err()
 	}
 	r.settle(ctx, l)

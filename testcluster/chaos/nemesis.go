@@ -126,7 +126,7 @@ func (n *nemesis) Run(ctx context.Context) {
 			kind, bag = bag[0], bag[1:]
 		}
 		pk := pick{leader: r.IntN(2) == 0, perm: r.Perm(len(n.p.Nodes)), n: r.IntN(1 << 30)}
-		if kind == "" || !holdFor(ctx, quiet) {
+		if kind == "" || !testcluster.Hold(ctx, quiet) {
 			<-ctx.Done()
 			return
 		}
@@ -165,7 +165,7 @@ func (n *nemesis) step(ctx context.Context, kind string, pk pick, hold time.Dura
 	} else {
 		n.cfg.Logf("inject %s", n.detail(idx))
 		if heal != nil {
-			holdFor(ctx, hold)
+			testcluster.Hold(ctx, hold)
 		}
 	}
 	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), healWithin)
@@ -597,18 +597,6 @@ func between(rng *rand.Rand, r [2]time.Duration) time.Duration {
 		return r[0]
 	}
 	return r[0] + time.Duration(rng.Int64N(int64(r[1]-r[0])))
-}
-
-// holdFor waits for d or until ctx is done, and reports whether d passed.
-func holdFor(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }
 
 // until polls cond every 20ms until it returns nil, within passes (the

@@ -164,13 +164,13 @@ func (c *client) run(ctx context.Context) {
 				if ctx.Err() == nil {
 					c.rec.errs.Add(1)
 				}
-				holdFor(ctx, time.Duration(50+c.rng.IntN(250))*time.Millisecond)
+				testcluster.Hold(ctx, time.Duration(50+c.rng.IntN(250))*time.Millisecond)
 				continue
 			}
 		}
 		c.step(opCtx)
 		if c.think > 0 {
-			holdFor(ctx, time.Duration(c.rng.Int64N(int64(c.think))))
+			testcluster.Hold(ctx, time.Duration(c.rng.Int64N(int64(c.think))))
 		}
 	}
 }
