@@ -464,7 +464,7 @@ func (a *API) Join(ctx context.Context, req transport.JoinRequest) (transport.Pl
 	if _, ok := a.Immutable(req.Session); !ok {
 		return nil, transport.ErrNotFound
 	}
-	p := &player{api: a, session: req.Session, id: newUUID(), snapKick: make(chan struct{}, 1)}
+	p := &player{api: a, session: req.Session, id: newUUID()}
 	res, err := a.submit(ctx, fsm.Command{Kind: fsm.KindPlayerJoin, Session: req.Session, Player: p.id, Node: a.n.cfg.ID, Epoch: a.n.Epoch()})
 	if err != nil {
 		if !errors.Is(err, transport.ErrNotFound) && !errors.Is(err, transport.ErrFull) {
@@ -609,11 +609,11 @@ type player struct {
 	// ones they do not. A reply written by the reader would overtake
 	// queued broadcasts it already contains (the client applies them
 	// twice) or trail newer ones it lacks (the client loses them).
-	snapMu   sync.Mutex // guards snaps
-	snaps    []pendingSnapshot
-	snapKick chan struct{} // wakes Next when a snapshot is queued; buffered 1
-	held     *Delivery     // popped while a snapshot was waiting; Next's goroutine only
-	skipTo   uint64        // events at or below are in a snapshot sent; Next's goroutine only
+	snapMu sync.Mutex // guards snaps
+	snaps  []pendingSnapshot
+	wake   atomic.Pointer[func()] // the socket's wake-up (SetWake), for queued snapshots
+	held   *Delivery              // popped while a snapshot was waiting; Next's goroutine only
+	skipTo uint64                 // events at or below are in a snapshot sent; Next's goroutine only
 }
 
 // maxPendingSnapshots bounds the snapshots queued for a socket whose writes
@@ -648,6 +648,7 @@ func (p *player) snapshotQueued() bool {
 
 func (p *player) ID() string      { return p.id }
 func (p *player) Immutable() bool { return p.immutable }
+
 // First hands the first frames over once (transport.Player).
 func (p *player) First() [][]byte {
 	f := p.first
@@ -666,30 +667,25 @@ func (p *player) Touch() {
 	}
 }
 
-// Next returns the next frame for this socket, skipping what is not for it.
-// A broadcast's frame is shared with the session's other sockets: it is
-// encoded once, by whichever of them gets to it first, and nobody may modify
-// it. Only the socket's writer calls Next.
-func (p *player) Next(ctx context.Context) ([]byte, error) {
+// Next returns the next frame for this socket, skipping what is not for it,
+// without waiting: ok is false when nothing is queued (SetWake's fn says
+// when to look again). A broadcast's frame is shared with the session's
+// other sockets: it is encoded once, by whichever of them gets to it first,
+// and nobody may modify it. One goroutine at a time calls Next.
+func (p *player) Next() ([]byte, bool, error) {
 	for {
 		if f := p.popSnapshot(); f != nil {
-			return f, nil
+			return f, true, nil
 		}
 		d := p.held
 		p.held = nil
 		if d == nil {
 			var err error
 			if d, err = p.sub.Pop(); err != nil {
-				return nil, subscriptionErr(err)
+				return nil, false, subscriptionErr(err)
 			}
 			if d == nil {
-				select {
-				case <-ctx.Done():
-					return nil, ctx.Err()
-				case <-p.snapKick:
-				case <-p.sub.Ready():
-				}
-				continue
+				return nil, false, nil
 			}
 			if p.snapshotQueued() {
 				// Queued before this delivery was published: it goes first.
@@ -701,25 +697,32 @@ func (p *player) Next(ctx context.Context) ([]byte, error) {
 			if d.Exclude == p.id {
 				continue
 			}
-			return d.Frame(), nil
+			return d.Frame(), true, nil
 		}
 		// Every case below looks at this socket's player and decides whether
 		// it gets the frame at all; none changes the bytes, so they can be shared.
 		ev := &d.Event
 		switch {
 		case ev.Type == fsm.EventSessionDeleted:
-			return nil, transport.ErrGone
+			return nil, false, transport.ErrGone
 		case ev.Type == fsm.EventPlayerLeft && ev.Player == p.id:
 			// This node's incarnation was retired or reaped: the client
 			// must reconnect as a new player.
-			return nil, fmt.Errorf("player removed from the session: %w", transport.ErrRestarting)
+			return nil, false, fmt.Errorf("player removed from the session: %w", transport.ErrRestarting)
 		case d.Index <= p.skipTo:
 			continue // in a snapshot this socket was sent
 		case ev.Others && ev.Player == p.id:
 			continue
 		}
-		return d.Frame(), nil
+		return d.Frame(), true, nil
 	}
+}
+
+// SetWake registers the socket's wake-up (transport.Player): called whenever
+// Next may have something new, a delivery, a queued snapshot or the end.
+func (p *player) SetWake(fn func()) {
+	p.wake.Store(&fn)
+	p.sub.SetWake(fn)
 }
 
 func subscriptionErr(err error) error {
@@ -897,9 +900,8 @@ func (p *player) Handle(ctx context.Context, typ string, seq *int64, raw []byte)
 		if !found {
 			return nil, transport.ErrGone
 		}
-		select {
-		case p.snapKick <- struct{}{}:
-		default: // Next is already due to look
+		if fn := p.wake.Load(); fn != nil {
+			(*fn)() // Next has a snapshot to hand out
 		}
 		return nil, nil
 	case "clock_sync_request":

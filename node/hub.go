@@ -2,6 +2,7 @@ package node
 
 import (
 	"sync"
+	"sync/atomic"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -54,8 +55,9 @@ type Subscription struct {
 	Session string
 
 	hub   *hub
-	after uint64        // events at or below this index are already in the snapshot
-	ready chan struct{} // buffered 1: signalled after a delivery is queued or the subscription ends
+	after uint64                 // events at or below this index are already in the snapshot
+	ready chan struct{}          // buffered 1: signalled after a delivery is queued or the subscription ends
+	wake  atomic.Pointer[func()] // called like ready is signalled, when set (SetWake)
 
 	mu    sync.Mutex  // guards queue, err
 	queue []*Delivery // oldest first; nil when empty
@@ -112,12 +114,21 @@ func (s *Subscription) end(reason error) {
 	s.signal()
 }
 
+// SetWake registers fn to be called whenever Ready is signalled, for a
+// consumer that has no goroutine waiting on Ready. fn runs on the goroutine
+// that queued the delivery (raft's apply goroutine, for events), without any
+// of the subscription's locks: it must return quickly.
+func (s *Subscription) SetWake(fn func()) { s.wake.Store(&fn) }
+
 // signal wakes the consumer without blocking: a signal already pending
 // covers this one.
 func (s *Subscription) signal() {
 	select {
 	case s.ready <- struct{}{}:
 	default:
+	}
+	if fn := s.wake.Load(); fn != nil {
+		(*fn)()
 	}
 }
 

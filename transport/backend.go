@@ -89,10 +89,15 @@ type Player interface {
 	// later calls return nil, so that a socket does not keep its first
 	// snapshot (kilobytes) for its whole life.
 	First() [][]byte
-	// Next blocks for the next frame for this socket. It returns an error when
-	// the subscription ends (ErrOverloaded, ErrRestarting, ErrGone,
-	// ErrUnavailable) or ctx does.
-	Next(ctx context.Context) ([]byte, error)
+	// Next returns the next frame for this socket without waiting; ok is
+	// false when none is queued. It returns an error when the subscription
+	// ends (ErrOverloaded, ErrRestarting, ErrGone, ErrUnavailable). One
+	// goroutine at a time calls it.
+	Next() (frame []byte, ok bool, err error)
+	// SetWake registers fn, called whenever Next may have something new (a
+	// frame, or the end). fn may run on any goroutine and must not block: an
+	// idle socket then needs no goroutine of its own to wait for frames.
+	SetWake(fn func())
 	// Handle runs one client message of a known type and returns the frames
 	// for the sender only. An error closes the socket.
 	Handle(ctx context.Context, typ string, seq *int64, raw []byte) ([][]byte, error)

@@ -182,7 +182,7 @@ func idleSessionID(i int) string { return fmt.Sprintf("00000000-0000-4000-8000-%
 type idleBackend struct {
 	Backend
 	joined  atomic.Int64
-	waiting atomic.Int64 // players blocked in Next: their sockets are idle
+	waiting atomic.Int64 // players whose socket registered its wake-up: idle sockets
 }
 
 func (be *idleBackend) Members() []string { return nil }
@@ -202,12 +202,10 @@ func (p *idlePlayer) First() [][]byte { return [][]byte{[]byte(`{"type":"snapsho
 func (p *idlePlayer) Touch()          {}
 func (p *idlePlayer) Leave()          {}
 
-func (p *idlePlayer) Next(ctx context.Context) ([]byte, error) {
-	p.be.waiting.Add(1)
-	defer p.be.waiting.Add(-1)
-	<-ctx.Done()
-	return nil, ctx.Err()
-}
+func (p *idlePlayer) Next() ([]byte, bool, error) { return nil, false, nil }
+
+// SetWake marks the socket idle: it has sent its first frame and waits.
+func (p *idlePlayer) SetWake(func()) { p.be.waiting.Add(1) }
 
 func (p *idlePlayer) Handle(context.Context, string, *int64, []byte) ([][]byte, error) {
 	return nil, nil

@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -260,8 +259,10 @@ func (a *API) Sockets() int {
 	return len(a.sockets)
 }
 
-// socket runs one connection: a reader (run's goroutine) and a writer, which
-// also pings.
+// socket runs one connection. Its goroutine reads; a writer goroutine runs
+// only while the player has frames queued (wake starts it), and a ping
+// runs on a timer's goroutine every PingInterval. An idle socket so has one
+// goroutine, not three: at 10k sockets on a node that is most of its memory.
 type socket struct {
 	api     *API
 	conn    *websocket.Conn
@@ -272,6 +273,14 @@ type socket struct {
 	closeOnce sync.Once
 	bucket    tokenBucket
 	warned    time.Time // when the rate-limit warning was sent
+
+	ctx     context.Context    // the socket's life; ends when run ends
+	cancel  context.CancelFunc // ends ctx: the reader stops too
+	wmu     sync.Mutex         // guards writing, stopped, ping; and wg.Add against wg.Wait
+	writing bool               // a writer goroutine is running
+	stopped bool               // run is ending: no new writer or ping
+	ping    *time.Timer
+	wg      sync.WaitGroup // the writer and a ping in progress
 }
 
 func (s *socket) close(code websocket.StatusCode, reason string) {
@@ -292,25 +301,28 @@ func (s *socket) run() {
 	defer s.player.Leave()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	s.ctx, s.cancel = ctx, cancel
 	for _, f := range s.player.First() {
 		if err := s.write(ctx, f); err != nil {
 			s.close(closeGoingAway, "write failed")
 			return
 		}
 	}
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		defer cancel()
-		s.writeLoop(ctx, &wg)
-	}()
+	s.player.SetWake(s.wake)
+	s.wake() // what was queued while the first frames went out
+	s.schedulePing()
 	if a.cfg.WSRate > 0 {
 		s.bucket = tokenBucket{rate: float64(a.cfg.WSRate), burst: float64(2 * a.cfg.WSRate), tokens: float64(2 * a.cfg.WSRate), last: a.cfg.Now()}
 	}
 	err := s.readLoop(ctx)
 	cancel()
+	s.wmu.Lock()
+	s.stopped = true
+	if s.ping != nil {
+		s.ping.Stop()
+	}
+	s.wmu.Unlock()
+	s.wg.Wait()
 	code, reason := closeCode(err)
 	if websocket.CloseStatus(err) != -1 || errors.Is(err, context.Canceled) {
 		code, reason = closeGoingAway, "closed"
@@ -319,62 +331,82 @@ func (s *socket) run() {
 	a.wsl.add(a.cfg.Now(), s.session, s.player.ID(), "disconnect", reason)
 }
 
-// writeLoop sends the player's frames, and a ping every PingInterval. A
-// ping waits for its pong on a goroutine (in wg) that lives only that long:
-// frames keep going out meanwhile, and an idle socket has no goroutine for
-// pings. A ping still waiting when the next is due stands for it.
-func (s *socket) writeLoop(ctx context.Context, wg *sync.WaitGroup) {
-	interval := s.api.cfg.PingInterval
-	var pinging atomic.Bool
-	cancelDue := func() {}
-	defer func() { cancelDue() }()
-	nextDue := func() context.Context { // ends when the next ping is due
-		cancelDue()
-		if interval <= 0 {
-			return ctx
-		}
-		due, cancel := context.WithTimeout(ctx, interval)
-		cancelDue = cancel
-		return due
+// wake starts the writer unless it is running or the socket is ending. The
+// player calls it whenever a frame may be waiting, from any goroutine.
+func (s *socket) wake() {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.writing || s.stopped {
+		return
 	}
-	due := nextDue()
+	s.writing = true
+	s.wg.Add(1)
+	go s.writer()
+}
+
+// writer sends the player's frames until none is queued. It looks and
+// stands down under wmu, so a wake between the two starts a new writer.
+func (s *socket) writer() {
+	defer s.wg.Done()
 	for {
-		frame, err := s.player.Next(due)
+		s.wmu.Lock()
+		frame, ok, err := s.player.Next()
+		if !ok && err == nil {
+			s.writing = false
+			s.wmu.Unlock()
+			return
+		}
+		s.wmu.Unlock()
 		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			if due.Err() != nil && errors.Is(err, context.DeadlineExceeded) {
-				due = nextDue()
-				if pinging.CompareAndSwap(false, true) {
-					wg.Add(1)
-					go func() {
-						defer wg.Done()
-						defer pinging.Store(false)
-						s.ping(ctx)
-					}()
-				}
-				continue
-			}
+			// writing stays set: the socket is closing, nothing more goes out.
 			code, reason := closeCode(err)
 			s.api.log.Debug("closing socket", "session_id", s.session, "player_id", s.player.ID(), "code", int(code), "error", err)
 			s.close(code, reason)
+			s.cancel() // and the reader stops, whether or not the peer answers the close
 			return
 		}
-		if err := s.write(ctx, frame); err != nil {
-			s.close(closeTryAgainLater, "write timed out")
+		if err := s.write(s.ctx, frame); err != nil {
+			if s.ctx.Err() == nil {
+				s.close(closeTryAgainLater, "write timed out")
+				s.cancel()
+			}
 			return
 		}
 	}
 }
 
-// ping closes a socket that does not answer a ping within PingInterval.
-func (s *socket) ping(ctx context.Context) {
-	pctx, cancel := context.WithTimeout(ctx, s.api.cfg.PingInterval)
-	defer cancel()
-	if err := s.conn.Ping(pctx); err != nil && ctx.Err() == nil {
-		s.close(closeGoingAway, "ping timeout")
+// schedulePing arms the next ping, PingInterval from now, unless the socket
+// is ending. A ping that gets no pong within PingInterval closes the socket.
+func (s *socket) schedulePing() {
+	interval := s.api.cfg.PingInterval
+	if interval <= 0 {
+		return
 	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.stopped {
+		return
+	}
+	s.ping = time.AfterFunc(interval, func() {
+		s.wmu.Lock()
+		if s.stopped {
+			s.wmu.Unlock()
+			return
+		}
+		s.wg.Add(1)
+		s.wmu.Unlock()
+		defer s.wg.Done()
+		pctx, cancel := context.WithTimeout(s.ctx, interval)
+		defer cancel()
+		if err := s.conn.Ping(pctx); err != nil {
+			if s.ctx.Err() == nil {
+				s.close(closeGoingAway, "ping timeout")
+				s.cancel()
+			}
+			return
+		}
+		s.schedulePing()
+	})
 }
 
 // utf16Len is the length JavaScript sees for a text frame.
