@@ -90,11 +90,11 @@ func AdminHandler(mux *http.ServeMux, cfg AdminConfig) {
 	mux.HandleFunc("POST /cluster/leadership-transfer", a.guard(a.transfer))
 	mux.HandleFunc("GET /cluster/state", a.guard(a.state))
 	mux.HandleFunc("POST /cluster/snapshot", a.guard(a.snapshot))
-	mux.HandleFunc("GET /debug/pprof/", a.guard(pprof.Index))
-	mux.HandleFunc("GET /debug/pprof/cmdline", a.guard(pprof.Cmdline))
-	mux.HandleFunc("GET /debug/pprof/profile", a.guard(pprof.Profile))
-	mux.HandleFunc("GET /debug/pprof/symbol", a.guard(pprof.Symbol))
-	mux.HandleFunc("GET /debug/pprof/trace", a.guard(pprof.Trace))
+	mux.HandleFunc("GET /debug/pprof/", a.authorized(pprof.Index))
+	mux.HandleFunc("GET /debug/pprof/cmdline", a.authorized(pprof.Cmdline))
+	mux.HandleFunc("GET /debug/pprof/profile", a.authorized(pprof.Profile))
+	mux.HandleFunc("GET /debug/pprof/symbol", a.authorized(pprof.Symbol))
+	mux.HandleFunc("GET /debug/pprof/trace", a.authorized(pprof.Trace))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
 	})
@@ -119,8 +119,19 @@ func (a *admin) status(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, a.cfg.Cluster.ClusterStatus())
 }
 
-// guard checks the bearer token in constant time: 401 without one, 403 for a wrong one.
+// guard checks the bearer token in constant time (authorized: 401 without one,
+// 403 for a wrong one) and bounds the operation by the admin timeout.
 func (a *admin) guard(h http.HandlerFunc) http.HandlerFunc {
+	return a.authorized(func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), a.cfg.Timeout)
+		defer cancel()
+		h(w, r.WithContext(ctx))
+	})
+}
+
+// authorized checks the token like guard, without guard's time limit: a
+// profile runs for as many seconds as it is asked to.
+func (a *admin) authorized(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if a.cfg.AdminToken == "" {
 			writeError(w, http.StatusForbidden, "admin API disabled: the node has no admin token")
@@ -138,9 +149,7 @@ func (a *admin) guard(h http.HandlerFunc) http.HandlerFunc {
 			writeError(w, http.StatusForbidden, "wrong admin token")
 			return
 		}
-		ctx, cancel := context.WithTimeout(r.Context(), a.cfg.Timeout)
-		defer cancel()
-		h(w, r.WithContext(ctx))
+		h(w, r)
 	}
 }
 

@@ -23,7 +23,6 @@ import (
 // chorus's commit path is compared with.
 type BareRaft struct {
 	members []bareMember
-	leader  *raft.Raft
 }
 
 type bareMember struct {
@@ -77,7 +76,6 @@ func StartBareRaft(dir string, firstIP int) (*BareRaft, error) {
 	err := testcluster.Poll(10*time.Second, func() error {
 		for _, m := range b.members {
 			if m.r.State() == raft.Leader {
-				b.leader = m.r
 				return nil
 			}
 		}
@@ -89,9 +87,14 @@ func StartBareRaft(dir string, firstIP int) (*BareRaft, error) {
 	return b, nil
 }
 
-// Apply commits one entry through the leader and waits for it.
+// Apply commits one entry through the current leader and waits for it.
 func (b *BareRaft) Apply(payload []byte, timeout time.Duration) error {
-	return b.leader.Apply(payload, timeout).Error()
+	for _, m := range b.members {
+		if m.r.State() == raft.Leader {
+			return m.r.Apply(payload, timeout).Error()
+		}
+	}
+	return errors.New("bare raft: no leader")
 }
 
 // Close shuts every node down.

@@ -112,6 +112,9 @@ type sock struct {
 	asked  atomic.Bool // the player closed it
 }
 
+// noMark is a mark no op is sent after (see session.mark).
+const noMark = 1 << 62
+
 // newPlayer adds a player to s whose socket goes to node n.
 func newPlayer(s *session, addrs []string, n int) *player {
 	p := &player{s: s, addrs: addrs, acks: make(chan uint64, 16)}
@@ -446,8 +449,21 @@ func createOne(ctx context.Context, hc *http.Client, addr string, body []byte) (
 // the sockets over the nodes (player j of session i on node (i+j) mod
 // nodes), or all on node onNode when it is not negative.
 func newLoad(ctx context.Context, hc *http.Client, addrs []string, sessions, players, onNode int, progress func(string)) (*load, error) {
+	l, err := prepareLoad(ctx, hc, addrs, sessions, players, onNode)
+	if err != nil {
+		return nil, err
+	}
+	if err := l.connect(ctx, progress); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// prepareLoad is newLoad without connecting the players: the sessions exist,
+// the sockets do not yet.
+func prepareLoad(ctx context.Context, hc *http.Client, addrs []string, sessions, players, onNode int) (*load, error) {
 	l := &load{hc: hc, addrs: addrs, mark: new(atomic.Int64)}
-	l.mark.Store(1 << 62) // no mark yet
+	l.mark.Store(noMark)
 	ids, err := createSessions(ctx, hc, addrs, sessions, min(64, sessions), nil)
 	if err != nil {
 		return nil, err
@@ -464,6 +480,12 @@ func newLoad(ctx context.Context, hc *http.Client, addrs []string, sessions, pla
 		}
 		l.sessions = append(l.sessions, s)
 	}
+	return l, nil
+}
+
+// connect opens every player's socket, 64 at a time; on failure it closes
+// those it opened.
+func (l *load) connect(ctx context.Context, progress func(string)) error {
 	l.joins = make([]joinCost, len(l.players))
 	var next, done atomic.Int64
 	var wg sync.WaitGroup
@@ -477,7 +499,7 @@ func newLoad(ctx context.Context, hc *http.Client, addrs []string, sessions, pla
 				if i >= len(l.players) || ctx.Err() != nil {
 					return
 				}
-				cost, err := l.players[i].connect(ctx, hc, 0)
+				cost, err := l.players[i].connect(ctx, l.hc, 0)
 				if err != nil {
 					errs[w] = err
 					return
@@ -490,15 +512,14 @@ func newLoad(ctx context.Context, hc *http.Client, addrs []string, sessions, pla
 		}()
 	}
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		l.close()
-		return nil, err
+	err := errors.Join(errs...)
+	if err == nil {
+		err = ctx.Err()
 	}
-	if err := ctx.Err(); err != nil {
+	if err != nil {
 		l.close()
-		return nil, err
 	}
-	return l, nil
+	return err
 }
 
 // close disconnects every player.

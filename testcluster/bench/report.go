@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"math"
@@ -53,6 +54,29 @@ type Figure struct {
 	Note          string  `json:"note,omitempty"`
 }
 
+// MarshalJSON writes a figure that was not measured (NaN, an empty set) or
+// a ratio to a zero baseline (±Inf) as null, as JSON has no such numbers;
+// a figure without a baseline has no baselineValue or ratio.
+func (f Figure) MarshalJSON() ([]byte, error) {
+	type plain Figure // without this method
+	number := func(v float64) json.RawMessage {
+		if math.IsNaN(v) || math.IsInf(v, 0) {
+			return json.RawMessage("null")
+		}
+		return strconv.AppendFloat(nil, v, 'g', -1, 64)
+	}
+	out := struct {
+		plain
+		Value         json.RawMessage `json:"value"`
+		BaselineValue json.RawMessage `json:"baselineValue,omitempty"`
+		Ratio         json.RawMessage `json:"ratio,omitempty"`
+	}{plain: plain(f), Value: number(f.Value)}
+	if f.Baseline != "" {
+		out.BaselineValue, out.Ratio = number(f.BaselineValue), number(f.Ratio)
+	}
+	return json.Marshal(out)
+}
+
 // judge sets Met from the target.
 func (f *Figure) judge() {
 	if f.Target == nil {
@@ -62,7 +86,7 @@ func (f *Figure) judge() {
 	if f.Target.OfRatio {
 		v = f.Ratio
 	}
-	ok := !math.IsNaN(v)
+	ok := !math.IsNaN(v) && !math.IsInf(v, 0) // nothing measured, or a zero baseline, meets nothing
 	if f.Target.Max != nil {
 		ok = ok && v <= *f.Target.Max
 	}

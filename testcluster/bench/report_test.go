@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"encoding/json"
 	"errors"
 	"math"
 	"math/rand/v2"
@@ -191,5 +192,31 @@ func TestPacerKeepsPhases(t *testing.T) {
 	late := pacers[0]
 	if w := late.wait(late.next.Add(time.Second)); w != 0 {
 		t.Errorf("a late send waits %v, want 0", w)
+	}
+}
+
+// TestReportJSONWithoutAFigure: a figure with nothing measured (NaN) or a
+// ratio to a zero baseline (Inf) still gives a JSON report, with null.
+func TestReportJSONWithoutAFigure(t *testing.T) {
+	rep := &Report{Figures: []Figure{
+		{Scenario: "steady", Name: "resume (?since=) p50", Value: math.NaN(), Unit: "ms"},
+		{Scenario: "burst", Name: "64 writers on the leader", Value: 10, Unit: "ops/s", Baseline: "bare raft", BaselineValue: 0, Ratio: math.Inf(1), Target: ratioAtLeast(0.8)},
+		{Scenario: "idle", Name: "memory per socket", Value: 18.5, Unit: "KiB"},
+	}}
+	for i := range rep.Figures {
+		rep.Figures[i].judge()
+	}
+	b, err := json.Marshal(rep)
+	if err != nil {
+		t.Fatalf("json.Marshal: %v", err)
+	}
+	for _, want := range []string{`"value":null`, `"ratio":null`, `"value":18.5`, `"met":false`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("the JSON lacks %s: %s", want, b)
+		}
+	}
+	var back Report
+	if err := json.Unmarshal(b, &back); err != nil || len(back.Figures) != 3 || back.Figures[2].Value != 18.5 || back.Figures[0].Name != "resume (?since=) p50" {
+		t.Errorf("round trip: %v, %+v", err, back.Figures)
 	}
 }

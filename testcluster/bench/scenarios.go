@@ -270,7 +270,7 @@ func (r *runner) burstOf(ctx context.Context, w int, c3, c1 *cluster, bare *Bare
 		return l, err
 	}
 	var lat []time.Duration
-	var lost int64
+	var lost, bareFailed int64
 	closed := func(l *load, keep bool) func() float64 {
 		return func() float64 {
 			ops, ls, lo := r.closedRun(ctx, l, z.BurstTime)
@@ -298,7 +298,11 @@ func (r *runner) burstOf(ctx context.Context, w int, c3, c1 *cluster, bare *Bare
 		cs = append(cs, &contender{name: "chorus, 1 node", run: closed(one, false)})
 	}
 	if bare != nil {
-		cs = append(cs, &contender{name: "bare raft", run: func() float64 { return bareRun(ctx, bare, w, payload, z.BurstTime) }})
+		cs = append(cs, &contender{name: "bare raft", run: func() float64 {
+			ops, failed := bareRun(ctx, bare, w, payload, z.BurstTime)
+			bareFailed += failed
+			return ops
+		}})
 	}
 	for rep := 1; rep <= z.Repeats && ctx.Err() == nil; rep++ {
 		for _, c := range cs {
@@ -314,7 +318,11 @@ func (r *runner) burstOf(ctx context.Context, w int, c3, c1 *cluster, bare *Bare
 		detail = append(detail, c.name+" "+runs(c.ops))
 	}
 	name := fmt.Sprintf("%d writers", w)
-	note := fmt.Sprintf("median of %d runs of %v each, ops/s: %s; %d ops unacknowledged", len(cs[0].ops), z.BurstTime, strings.Join(detail, "; "), lost)
+	note := fmt.Sprintf("median of %d runs of %v each, ops/s: %s; %d chorus ops unacknowledged, %d bare raft applies failed",
+		len(cs[0].ops), z.BurstTime, strings.Join(detail, "; "), lost, bareFailed)
+	if now, err := leaderOf(ctx, r.hc, c3.addrs); err != nil || now != leader {
+		note += "; leadership moved during the runs, so some of the writers on the leader were on a follower"
+	}
 	lead := Figure{Name: name + " on the leader", Value: median(cs[0].ops), Unit: "ops/s", Note: note}
 	spreadF := Figure{Name: name + " spread over the nodes", Value: median(cs[1].ops), Unit: "ops/s"}
 	if bare != nil {
@@ -388,30 +396,33 @@ func (r *runner) closedRun(ctx context.Context, l *load, d time.Duration) (float
 }
 
 // bareRun applies payload from writers goroutines for a warm-up of a fifth
-// of d and then d, and returns the entries committed per second in d.
-func bareRun(ctx context.Context, b *BareRaft, writers int, payload []byte, d time.Duration) float64 {
+// of d and then d, and returns the entries committed per second in d and
+// the applies that failed (a failed one waits 10 ms before the next).
+func bareRun(ctx context.Context, b *BareRaft, writers int, payload []byte, d time.Duration) (float64, int64) {
 	warm := d / 5
 	start := time.Now()
 	from, to := start.Add(warm), start.Add(warm+d)
-	var n atomic.Int64
+	var n, failed atomic.Int64
 	var wg sync.WaitGroup
 	for range writers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for ctx.Err() == nil {
-				if time.Now().After(to) {
-					return
-				}
+			for ctx.Err() == nil && time.Now().Before(to) {
 				err := b.Apply(payload, ackTimeout)
-				if now := time.Now(); err == nil && now.After(from) && now.Before(to) {
+				now := time.Now()
+				switch {
+				case err != nil:
+					failed.Add(1)
+					testcluster.Hold(ctx, 10*time.Millisecond)
+				case now.After(from) && now.Before(to):
 					n.Add(1)
 				}
 			}
 		}()
 	}
 	wg.Wait()
-	return float64(n.Load()) / d.Seconds()
+	return float64(n.Load()) / d.Seconds(), failed.Load()
 }
 
 // fanout: one session of up to 10 players, all writing as fast as their
@@ -462,15 +473,20 @@ func (r *runner) idle(ctx context.Context) ([]Figure, error) {
 	}
 	defer c.stop()
 	const on = 0 // every socket on n1
+	sessions := z.IdleSockets / 10
+	r.say("idle: creating %d sessions", sessions)
+	l, err := prepareLoad(ctx, r.hc, c.addrs, sessions, 10, on)
+	if err != nil {
+		return nil, err
+	}
+	// The sessions exist: what n1 grows by from here on is the sockets'.
 	before, err := c.rssKiB(on)
 	if err != nil {
 		return nil, err
 	}
-	sessions := z.IdleSockets / 10
 	r.say("idle: opening %d sockets on n1 (%d sessions of 10 players)", sessions*10, sessions)
 	t0 := time.Now()
-	l, err := newLoad(ctx, r.hc, c.addrs, sessions, 10, on, func(s string) { r.say("idle: %s", s) })
-	if err != nil {
+	if err := l.connect(ctx, func(s string) { r.say("idle: %s", s) }); err != nil {
 		return nil, err
 	}
 	defer l.close()
@@ -494,7 +510,7 @@ func (r *runner) idle(ctx context.Context) ([]Figure, error) {
 	n := float64(len(l.players))
 	figs := []Figure{
 		{Name: "memory per socket", Value: (after - before) / n, Unit: "KiB", Target: atMost(20),
-			Note: fmt.Sprintf("RSS of n1 %.0f MiB before, %.0f MiB with %d sockets open (after %v of idle load); sockets opened in %v",
+			Note: fmt.Sprintf("RSS of n1 %.0f MiB with the sessions, %.0f MiB with their %d sockets open too (after %v of idle load); sockets opened in %v",
 				before/1024, after/1024, len(l.players), z.IdleTime, opened.Round(time.Millisecond))},
 		{Name: "broadcasts", Value: float64(st.sent) / to.Sub(from).Seconds(), Unit: "ops/s"},
 	}
@@ -538,6 +554,9 @@ func (r *runner) failover(ctx context.Context) ([]Figure, error) {
 		if err != nil {
 			return nil, err
 		}
+		// No mark while the players' receipts are reset, so that none of
+		// them records a broadcast of the previous round as after this kill.
+		l.mark.Store(noMark)
 		survivors := map[*player]int64{}
 		for _, p := range l.players {
 			p.firstAfter.Store(0)
