@@ -315,8 +315,11 @@ func (s *session) received(k sendKey, now time.Time) time.Time {
 }
 
 // send sends one mutation from p and returns its clientSeq. Every socket of
-// the session that is open is expected to receive its broadcast.
-func (p *player) send(ctx context.Context, rng *rand.Rand) (uint64, error) {
+// the session that is open is expected to receive its broadcast. Its
+// latencies count from due, when the op was due to be sent, or from now when
+// due is zero: an open loop that falls behind its schedule then shows it in
+// the latencies instead of hiding it.
+func (p *player) send(ctx context.Context, rng *rand.Rand, due time.Time) (uint64, error) {
 	cs := p.cs.Add(1)
 	msg := mutation(rng) + `,"seq":` + strconv.FormatUint(cs, 10) + `,"ack":` + strconv.FormatUint(p.seq.Load(), 10) + `}`
 	open := 0
@@ -330,6 +333,9 @@ func (p *player) send(ctx context.Context, rng *rand.Rand) (uint64, error) {
 		return cs, errors.New("not connected")
 	}
 	now := time.Now()
+	if !due.IsZero() && due.Before(now) {
+		now = due
+	}
 	p.s.mu.Lock()
 	p.s.pending[sendKey{*p.id.Load(), cs}] = &inflight{at: now, left: open}
 	p.s.sent = append(p.s.sent, now)
@@ -559,7 +565,7 @@ func (l *load) openLoop(ctx context.Context, rate float64, seed uint64) *sync.Wa
 				}
 				p := s.players[k%len(s.players)]
 				if p.live.Load() {
-					_, _ = p.send(ctx, rng) // a failed write shows as a missing acknowledgement
+					_, _ = p.send(ctx, rng, pace.next) // a failed write shows as a missing acknowledgement
 				}
 				pace.sent()
 				t.Reset(pace.wait(time.Now()))
@@ -599,7 +605,7 @@ func closedLoop(ctx context.Context, writers []*player, seed uint64) (acked, los
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(seed, uint64(i)))
 			for ctx.Err() == nil {
-				cs, err := p.send(ctx, rng)
+				cs, err := p.send(ctx, rng, time.Time{})
 				if err != nil {
 					if ctx.Err() == nil {
 						lo.Add(1)
