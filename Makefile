@@ -18,7 +18,8 @@ build:
 run: build
 	bin/chorus dev
 
-# Every test, including a 30 s chaos run (testcluster/chaos TestChaosRun).
+# Every test, including a 30 s chaos run (testcluster/chaos TestChaosRun) and a quick
+# run of every chorus bench scenario (testcluster/bench TestQuickRun).
 test:
 	go test -race -count=1 ./...
 
