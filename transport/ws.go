@@ -177,11 +177,11 @@ func (a *API) serveWS(w http.ResponseWriter, r *http.Request, id string) {
 
 // Buffer sizes of a socket's connection. net/http's are 4 KiB each, and
 // they would stay for the socket's life: an idle socket would be mostly
-// buffers. Broadcasts and client messages are a few hundred bytes; a
-// bigger frame is read or written in more than one go.
+// buffers. Broadcasts and client messages are a few hundred bytes; bufio
+// reads or writes a bigger payload straight to the connection.
 const (
-	wsReadBuffer  = 1 << 10
-	wsWriteBuffer = 1 << 10
+	wsReadBuffer  = 512
+	wsWriteBuffer = 512
 )
 
 // withSmallBuffers has websocket.Accept hijack the connection with buffers
