@@ -24,12 +24,15 @@ Usage:
   chorus <command> [flags]
 
 Commands:
-  serve     one cluster node: Raft log, peer port, HTTP and WebSocket API
-  dev       three local nodes (HTTP 127.0.0.1:8081-8083, peers :9081-9083, data under ./data), Ctrl-C stops all
-  chaos     the chaos-test harness (real node processes, nemeses, workload, checkers, report)
-  bench     the load generator (throughput, end-to-end latency, fan-out, failover)
-  version   print the version
-  help      print this help
+  serve       one cluster node: Raft log, peer port, HTTP and WebSocket API
+  dev         three local nodes (HTTP 127.0.0.1:8081-8083, peers :9081-9083, data under ./data), Ctrl-C stops all
+  chaos       the chaos-test harness (real node processes, nemeses, workload, checkers, report)
+  bench       the load generator (throughput, end-to-end latency, fan-out, failover)
+  status      the cluster as every member sees it: state, leader, indexes, lag
+  members     add or remove a member (admin token)
+  leadership  transfer leadership to another voter (admin token)
+  version     print the version
+  help        print this help
 
 Run 'chorus <command> -h' for a command's flags.
 `
@@ -78,6 +81,12 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return chaosCmd(args[1:], stdout, stderr, os.Getenv)
 	case "bench":
 		return benchCmd(args[1:], stdout, stderr, os.Getenv)
+	case "status":
+		return statusCmd(args[1:], stdout, stderr, os.Getenv)
+	case "members":
+		return membersCmd(args[1:], stdout, stderr, os.Getenv)
+	case "leadership":
+		return leadershipCmd(args[1:], stdout, stderr, os.Getenv)
 	default:
 		return &exitError{
 			code: usageExitCode,
