@@ -63,6 +63,7 @@ func startNode(log hclog.Logger, o nodeOptions) (*running, error) {
 	})
 	mux := http.NewServeMux()
 	transport.AdminHandler(mux, transport.AdminConfig{Cluster: n, AdminToken: o.adminToken, Logger: log})
+	mux.Handle("GET /metrics", metricsHandler(n, api))
 	mux.Handle("/", api)
 	r := &running{
 		log: log, node: n, api: api, served: make(chan error, 1), addr: ln.Addr().String(),
