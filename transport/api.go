@@ -30,6 +30,11 @@ type APIConfig struct {
 	// WSRate is messages per second per socket (bursts of twice that); 0 turns
 	// the limit off.
 	WSRate int
+	// MaxConnsPerIP bounds the WebSockets one client address may hold open
+	// (or be opening) on this node; an upgrade beyond it gets 429 before it
+	// costs a log entry. 0 turns the limit off. Behind a reverse proxy every
+	// client has the proxy's address: raise it or turn it off there.
+	MaxConnsPerIP int
 	// AllowedOrigins lists the Origin values a WebSocket upgrade may carry
 	// ("*" allows any). Empty: the request's own host and the cluster's
 	// members. A request without an Origin (not a browser) is allowed.
@@ -58,8 +63,9 @@ type API struct {
 	rate *createLimiter
 	stat *counters
 
-	mu      sync.Mutex // guards sockets, closing
+	mu      sync.Mutex // guards sockets, perIP, closing
 	sockets map[*socket]struct{}
+	perIP   map[string]int // sockets open or opening per client address (MaxConnsPerIP)
 	closing bool
 	wg      sync.WaitGroup // socket goroutines
 }
@@ -88,7 +94,7 @@ func NewAPI(cfg APIConfig) *API {
 		cfg: cfg, log: cfg.Logger.Named("api"),
 		logs: newRequestLogs(), wsl: newWSLogs(), hash: newClientHashes(),
 		rate: newCreateLimiter(cfg.CreateRate), stat: newCounters(),
-		sockets: map[*socket]struct{}{},
+		sockets: map[*socket]struct{}{}, perIP: map[string]int{},
 	}
 }
 

@@ -131,6 +131,20 @@ func (a *API) serveWS(w http.ResponseWriter, r *http.Request, id string) {
 		http.Error(w, "Service temporarily unavailable", http.StatusServiceUnavailable)
 		return
 	}
+	ip := clientIP(r)
+	if !a.reserveConn(ip) {
+		a.log.Warn("websocket refused: too many connections from one address", "remote_addr", r.RemoteAddr, "max", a.cfg.MaxConnsPerIP)
+		setCORS(w.Header())
+		w.Header().Set("Retry-After", "10")
+		writeError(w, http.StatusTooManyRequests, "Too many connections from this address")
+		return
+	}
+	handedOver := false // to the socket, whose end releases the reservation
+	defer func() {
+		if !handedOver {
+			a.releaseConn(ip)
+		}
+	}()
 	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.JoinTimeout)
 	p, err := a.cfg.Backend.Join(ctx, req)
 	cancel()
@@ -163,12 +177,13 @@ func (a *API) serveWS(w http.ResponseWriter, r *http.Request, id string) {
 	// Frames over MaxBody get an error reply, not a close: read a little more
 	// than that, and let only abusive frames close the connection (1009).
 	conn.SetReadLimit(int64(a.cfg.MaxBody)*4 + 1024)
-	s := &socket{api: a, conn: conn, player: p, session: id, remote: r.RemoteAddr}
+	s := &socket{api: a, conn: conn, player: p, session: id, remote: r.RemoteAddr, ip: ip}
 	if !a.track(s) {
 		p.Leave()
 		_ = conn.Close(closeServiceRestart, "service restart") // shutting down; the client reconnects elsewhere
 		return
 	}
+	handedOver = true
 	a.wsl.add(a.cfg.Now(), id, p.ID(), "connect", "")
 	// On a goroutine of its own, so that net/http's ends now and lets go
 	// of its stack and of the request. Shutdown waits for it (track).
@@ -226,7 +241,29 @@ func (a *API) untrack(s *socket) {
 	a.mu.Lock()
 	delete(a.sockets, s)
 	a.mu.Unlock()
+	a.releaseConn(s.ip)
 	a.wg.Done()
+}
+
+// reserveConn counts one more socket from ip, unless ip is at
+// MaxConnsPerIP already.
+func (a *API) reserveConn(ip string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.cfg.MaxConnsPerIP > 0 && a.perIP[ip] >= a.cfg.MaxConnsPerIP {
+		return false
+	}
+	a.perIP[ip]++
+	return true
+}
+
+// releaseConn gives back a reservation of reserveConn.
+func (a *API) releaseConn(ip string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.perIP[ip]--; a.perIP[ip] <= 0 {
+		delete(a.perIP, ip)
+	}
 }
 
 // Shutdown closes every socket with 1012 (service restart) and waits for
@@ -269,6 +306,7 @@ type socket struct {
 	player  Player
 	session string
 	remote  string
+	ip      string // clientIP of the upgrade: its MaxConnsPerIP reservation
 
 	closeOnce sync.Once
 	bucket    tokenBucket

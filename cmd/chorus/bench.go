@@ -49,7 +49,7 @@ It prints a progress line while it runs and a table of figures, targets,
 baselines and ratios at the end (--json prints JSON instead), and writes
 report.json and report.txt into --dir. --target loads a running cluster
 instead (steady, burst and fanout only; start it with --ws-rate 0
---create-rate 0). --profile quick shrinks every scenario for a smoke test.
+--create-rate 0 --max-conns-per-ip 0). --profile quick shrinks every scenario for a smoke test.
 Exit status: 0 when the run completed (with --strict: and every target was
 met), 1 with --strict when a target was missed, 2 for a bad command line,
 3 when the run could not be carried out. Every flag has a CHORUS_* twin.`

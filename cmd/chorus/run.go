@@ -23,6 +23,7 @@ type nodeOptions struct {
 	adminToken     string
 	wsRate         int
 	createRate     int
+	maxConnsPerIP  int
 	allowedOrigins []string
 	staticDir      string // empty: the built-in web client
 }
@@ -58,7 +59,7 @@ func startNode(log hclog.Logger, o nodeOptions) (*running, error) {
 		return nil, err
 	}
 	api := transport.NewAPI(transport.APIConfig{
-		Backend: n.API(), Logger: log, CreateRate: o.createRate, WSRate: o.wsRate,
+		Backend: n.API(), Logger: log, CreateRate: o.createRate, WSRate: o.wsRate, MaxConnsPerIP: o.maxConnsPerIP,
 		AllowedOrigins: o.allowedOrigins, Static: static,
 	})
 	mux := http.NewServeMux()

@@ -27,7 +27,7 @@ type serveFlags struct {
 	snapshotThreshold                                 uint64
 	snapshotInterval                                  time.Duration
 	presenceTimeout                                   time.Duration
-	wsRate, createRate                                int
+	wsRate, createRate, maxConnsPerIP                 int
 	allowedOrigins, staticDir                         string
 }
 
@@ -50,6 +50,7 @@ func (f *serveFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.snapshotInterval, "snapshot-interval", 30*time.Second, "how often to check whether a snapshot is due")
 	fs.IntVar(&f.wsRate, "ws-rate", 100, "WebSocket messages per second per socket, bursts of twice that; 0 turns the limit off")
 	fs.IntVar(&f.createRate, "create-rate", 10, "session creates per minute per client IP; 0 turns the limit off")
+	fs.IntVar(&f.maxConnsPerIP, "max-conns-per-ip", 100, "WebSockets one client IP may hold open on this node (more get 429); behind a reverse proxy all clients share its IP, so raise it or use 0 (off)")
 	fs.StringVar(&f.allowedOrigins, "allowed-origins", "", "comma-separated Origins allowed to open WebSockets, or *; default: the request's own host and the cluster's members")
 	fs.StringVar(&f.staticDir, "static-dir", "", "serve this directory at / (a Keyboardia build, with /s/{id} falling back to index.html) instead of the built-in web client")
 	fs.DurationVar(&f.presenceTimeout, "presence-timeout", 15*time.Second, "how long a node may be unreachable before the leader drops its players (negative: never)")
@@ -172,6 +173,7 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 		adminToken:     f.adminToken,
 		wsRate:         f.wsRate,
 		createRate:     f.createRate,
+		maxConnsPerIP:  f.maxConnsPerIP,
 		allowedOrigins: splitList(f.allowedOrigins),
 		staticDir:      f.staticDir,
 	})

@@ -268,7 +268,7 @@ func (r *runner) startCluster(ctx context.Context, name string, nodes, offset in
 	if err := os.RemoveAll(dir); err != nil {
 		return nil, err
 	}
-	args := append([]string{"--ws-rate", "0", "--create-rate", "0", "--log-level", "warn"}, r.opts.NodeArgs...)
+	args := append([]string{"--ws-rate", "0", "--create-rate", "0", "--max-conns-per-ip", "0", "--log-level", "warn"}, r.opts.NodeArgs...)
 	procs, err := testcluster.StartProcs(ctx, testcluster.ProcOptions{
 		Binary: r.opts.Binary, Dir: dir, Nodes: nodes, FirstIP: r.opts.FirstIP + offset, ExtraArgs: args,
 	})

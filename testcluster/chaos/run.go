@@ -171,7 +171,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	procs, err := testcluster.StartProcs(ctx, testcluster.ProcOptions{
 		Binary: opts.Binary, Dir: filepath.Join(opts.Dir, "nodes"), Nodes: opts.Nodes, FirstIP: opts.FirstIP,
 		Secret: randomToken(), AdminToken: token,
-		ExtraArgs: []string{"--ws-rate", "0", "--create-rate", "0", "--presence-timeout", "5s"},
+		ExtraArgs: []string{"--ws-rate", "0", "--create-rate", "0", "--max-conns-per-ip", "0", "--presence-timeout", "5s"},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("chaos: start the cluster: %w", err)
