@@ -42,6 +42,8 @@ fuzz:
 	go test ./fsm -run '^$$' -fuzz '^FuzzDecodeCommand$$' -fuzztime $(FUZZTIME)
 	go test ./fsm -run '^$$' -fuzz '^FuzzApply$$' -fuzztime $(FUZZTIME)
 	go test ./fsm -run '^$$' -fuzz '^FuzzParseReference$$' -fuzztime $(FUZZTIME)
+	go test ./transport -run '^$$' -fuzz '^FuzzDecodeFrame$$' -fuzztime $(FUZZTIME)
+	go test ./transport -run '^$$' -fuzz '^FuzzHTTPHandlers$$' -fuzztime $(FUZZTIME)
 
 bench-fsm:
 	go test ./fsm -run '^$$' -bench . -benchmem
