@@ -48,6 +48,10 @@ type APIConfig struct {
 	JoinTimeout time.Duration
 	// WriteTimeout bounds each frame write. Default 10s.
 	WriteTimeout time.Duration
+	// BodyTimeout bounds reading an HTTP request's body, from when the
+	// handler starts on it; a client that sends it slower (slow loris) gets
+	// 408. Default 10s.
+	BodyTimeout time.Duration
 	// PingInterval sends protocol pings for liveness; a socket that does not
 	// answer within the interval is closed. Default 30s; negative disables.
 	PingInterval time.Duration
@@ -83,6 +87,9 @@ func NewAPI(cfg APIConfig) *API {
 	}
 	if cfg.JoinTimeout == 0 {
 		cfg.JoinTimeout = 10 * time.Second
+	}
+	if cfg.BodyTimeout == 0 {
+		cfg.BodyTimeout = 10 * time.Second
 	}
 	if cfg.WriteTimeout == 0 {
 		cfg.WriteTimeout = 10 * time.Second
@@ -302,10 +309,19 @@ func (a *API) create(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, map[string]string{"id": id, "url": "/s/" + id})
 }
 
-// readBody reads at most MaxBody bytes; a longer body is 413.
+// readBody reads at most MaxBody bytes within BodyTimeout; a longer body
+// is 413, a slower one 408.
 func (a *API) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	// Not every ResponseWriter can set deadlines (a test recorder cannot);
+	// the server's own can.
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(a.cfg.BodyTimeout))
 	body, err := io.ReadAll(io.LimitReader(r.Body, int64(a.cfg.MaxBody)+1))
 	if err != nil {
+		if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
+			w.Header().Set("Connection", "close")
+			writeError(w, http.StatusRequestTimeout, "Request body not received in time")
+			return nil, false
+		}
 		writeError(w, http.StatusBadRequest, "Invalid request body")
 		return nil, false
 	}
@@ -556,3 +572,7 @@ func (r *recorder) WriteHeader(code int) {
 	r.status = code
 	r.ResponseWriter.WriteHeader(code)
 }
+
+// Unwrap lets http.ResponseController reach the server's writer (read
+// deadlines for slow bodies, hijacking for WebSockets).
+func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
