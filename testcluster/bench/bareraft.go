@@ -28,6 +28,7 @@ type BareRaft struct {
 type bareMember struct {
 	r     *raft.Raft
 	store *raftboltdb.BoltStore
+	trans *raft.NetworkTransport
 }
 
 // StartBareRaft starts the three nodes on 127.0.0.firstIP to firstIP+2, with
@@ -68,7 +69,7 @@ func StartBareRaft(dir string, firstIP int) (*BareRaft, error) {
 			_ = store.Close() // teardown of a failed start
 			return fail(err)
 		}
-		b.members = append(b.members, bareMember{r: r, store: store})
+		b.members = append(b.members, bareMember{r: r, store: store, trans: transports[i]})
 		if err := r.BootstrapCluster(raft.Configuration{Servers: servers}).Error(); err != nil {
 			return fail(err)
 		}
@@ -97,11 +98,16 @@ func (b *BareRaft) Apply(payload []byte, timeout time.Duration) error {
 	return errors.New("bare raft: no leader")
 }
 
-// Close shuts every node down.
+// Close shuts every node down. Shutdown closes a transport's listener but
+// not the connections the other nodes opened to it, whose handlers go on
+// reading; closing every node's own outgoing connections ends them.
 func (b *BareRaft) Close() {
 	for _, m := range b.members {
 		_ = m.r.Shutdown().Error() // teardown; nothing to report
 		_ = m.store.Close()        // idem
+	}
+	for _, m := range b.members {
+		m.trans.CloseStreams()
 	}
 	b.members = nil
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
 
 func TestPercentileAndMedian(t *testing.T) {
@@ -219,4 +221,24 @@ func TestReportJSONWithoutAFigure(t *testing.T) {
 	if err := json.Unmarshal(b, &back); err != nil || len(back.Figures) != 3 || back.Figures[2].Value != 18.5 || back.Figures[0].Name != "resume (?since=) p50" {
 		t.Errorf("round trip: %v, %+v", err, back.Figures)
 	}
+}
+
+// TestBareRaftCloses: the baseline commits, and Close leaves no goroutine
+// behind (the connections between its nodes included).
+func TestBareRaftCloses(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts three raft nodes")
+	}
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	b, err := StartBareRaft(t.TempDir(), 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 50 {
+		if err := b.Apply([]byte("entry"), 5*time.Second); err != nil {
+			b.Close()
+			t.Fatalf("apply %d: %v", i, err)
+		}
+	}
+	b.Close()
 }
