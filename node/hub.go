@@ -49,25 +49,20 @@ func (d *Delivery) ephemeral() bool { return d.Index == 0 }
 // Deliveries wait in a slice rather than a channel buffer: a channel would
 // allocate its whole bound up front for every socket, while the slice is
 // released whenever it drains, so an idle subscription holds no deliveries'
-// worth of memory. One goroutine consumes it: wait on Ready, then Pop until
-// it returns nothing. Pop, Err and Close are safe for concurrent use.
+// worth of memory. Its consumer registers a wake-up (SetWake), and when woken
+// Pops until Pop returns nothing: an idle consumer needs no goroutine. Pop,
+// Err and Close are safe for concurrent use.
 type Subscription struct {
 	Session string
 
 	hub   *hub
 	after uint64                 // events at or below this index are already in the snapshot
-	ready chan struct{}          // buffered 1: signalled after a delivery is queued or the subscription ends
-	wake  atomic.Pointer[func()] // called like ready is signalled, when set (SetWake)
+	wake  atomic.Pointer[func()] // called after a delivery is queued or the subscription ends (SetWake)
 
 	mu    sync.Mutex  // guards queue, err
 	queue []*Delivery // oldest first; nil when empty
 	err   error       // why the subscription ended; nil while it is open
 }
-
-// Ready is signalled when a delivery is queued or the subscription ends. One
-// signal may stand for several deliveries, and a signal may find them already
-// taken, so after it Pop until Pop returns nothing.
-func (s *Subscription) Ready() <-chan struct{} { return s.ready }
 
 // Pop takes the oldest queued delivery. When none is queued it returns nil
 // and why the subscription ended, or nil, nil while it is open: wait on Ready
@@ -114,19 +109,16 @@ func (s *Subscription) end(reason error) {
 	s.signal()
 }
 
-// SetWake registers fn to be called whenever Ready is signalled, for a
-// consumer that has no goroutine waiting on Ready. fn runs on the goroutine
-// that queued the delivery (raft's apply goroutine, for events), without any
-// of the subscription's locks: it must return quickly.
+// SetWake registers fn, called after each delivery is queued and when the
+// subscription ends. One call may stand for several deliveries, and may find
+// them already taken, so after it Pop until Pop returns nothing. fn runs on
+// the goroutine that queued the delivery (raft's apply goroutine, for
+// events), without any of the subscription's locks: it must return quickly.
+// Register it before the first Pop, or Pop once more after registering.
 func (s *Subscription) SetWake(fn func()) { s.wake.Store(&fn) }
 
-// signal wakes the consumer without blocking: a signal already pending
-// covers this one.
+// signal wakes the consumer, if it registered a wake-up.
 func (s *Subscription) signal() {
-	select {
-	case s.ready <- struct{}{}:
-	default:
-	}
 	if fn := s.wake.Load(); fn != nil {
 		(*fn)()
 	}
@@ -170,7 +162,7 @@ func newHub(log hclog.Logger, queue int) *hub {
 // The caller holds the state read lock, so no event above after is published
 // before the subscriber is in place.
 func (h *hub) add(session string, after uint64) (*Subscription, error) {
-	s := &Subscription{Session: session, hub: h, after: after, ready: make(chan struct{}, 1)}
+	s := &Subscription{Session: session, hub: h, after: after}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.final != nil {

@@ -106,12 +106,19 @@ func benchHub(tb testing.TB, sessions, subs, queue int) (*hub, []*Subscription) 
 // ended once it has ended and handed out what was queued before, or nil and
 // ctx's error.
 func popWait(ctx context.Context, s *Subscription) (*Delivery, error) {
+	woken := make(chan struct{}, 1)
+	s.SetWake(func() {
+		select {
+		case woken <- struct{}{}:
+		default: // a wake-up already pending covers this one
+		}
+	})
 	for {
 		if d, err := s.Pop(); d != nil || err != nil {
 			return d, err
 		}
 		select {
-		case <-s.Ready():
+		case <-woken:
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}

@@ -34,12 +34,19 @@ type observed struct {
 // subscription ended once it has ended and handed out what was queued
 // before, or nil and ctx's error.
 func nextDelivery(ctx context.Context, sub *node.Subscription) (*node.Delivery, error) {
+	woken := make(chan struct{}, 1)
+	sub.SetWake(func() {
+		select {
+		case woken <- struct{}{}:
+		default: // a wake-up already pending covers this one
+		}
+	})
 	for {
 		if d, err := sub.Pop(); d != nil || err != nil {
 			return d, err
 		}
 		select {
-		case <-sub.Ready():
+		case <-woken:
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
