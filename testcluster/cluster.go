@@ -279,7 +279,7 @@ func (c *Cluster) serveHTTP(m *Member, n *node.Node) {
 	}
 	transport.AdminHandler(mux, transport.AdminConfig{Cluster: n, AdminToken: token, Logger: c.log.Named(m.ID)})
 	mux.Handle("/", api)
-	m.api, m.srv, m.served = api, &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, make(chan error, 1)
+	m.api, m.srv, m.served = api, transport.NewServer(mux, nil, transport.ServerLimits{}), make(chan error, 1)
 	go func(srv *http.Server, served chan error) { served <- srv.Serve(ln) }(m.srv, m.served)
 }
 

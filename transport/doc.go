@@ -9,6 +9,8 @@
 // routes' request and socket logs live here (apilogs.go). The built-in web
 // client is embedded from web/ (web.go). The admin and health routes of
 // DESIGN.md §7 are in admin.go.
+// NewServer (server.go) is the HTTP server they run in, with the limits on
+// a request's headers (a WebSocket upgrade's included) and idle connections.
 //
 // The peer port (peer.go): each node has one peer TCP listener
 // that carries both hashicorp/raft's stream traffic and chorus's own RPCs.

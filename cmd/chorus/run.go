@@ -68,8 +68,7 @@ func startNode(log hclog.Logger, o nodeOptions) (*running, error) {
 	mux.Handle("/", api)
 	r := &running{
 		log: log, node: n, api: api, served: make(chan error, 1), addr: ln.Addr().String(),
-		srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
-			ErrorLog: log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true})},
+		srv: transport.NewServer(mux, log, transport.ServerLimits{}),
 	}
 	go func() { r.served <- r.srv.Serve(ln) }()
 	log.Info("listening", "http_addr", r.addr, "peer_addr", n.PeerAddr())
