@@ -12,7 +12,11 @@ import (
 // writes. Close is idempotent and safe for concurrent use; Read and Write
 // follow net.Conn's rules.
 type peerConn struct {
-	net.Conn // the TCP connection
+	// Conn is what the connection speaks through: tcp, or the TLS session
+	// over it. The goroutine that runs the handshake replaces it once,
+	// before c is shared; only Close may run concurrently, and it uses tcp.
+	net.Conn
+	tcp net.Conn // the TCP connection
 
 	p    *Peer
 	done chan struct{} // closed by Close; wakes a write waiting out a Delay
@@ -77,7 +81,10 @@ func (c *peerConn) Close() error {
 			f.detach(c, il)
 		}
 		c.p.untrack(c)
-		c.closeErr = c.Conn.Close()
+		// Closing the TCP connection, not the TLS session: no close_notify,
+		// which could block on a peer that does not read. Every stream is
+		// framed, so none needs it to detect truncation.
+		c.closeErr = c.tcp.Close()
 	})
 	return c.closeErr
 }

@@ -17,6 +17,9 @@
 // Every connection, in either direction, first passes a mutual HMAC-SHA256
 // challenge over the cluster secret (handshake.go); a connection that fails
 // it is closed before its stream-kind byte, or any byte after it, is read.
+// With PeerConfig.TLS (tls.go) that challenge runs inside mutual TLS 1.3,
+// where both ends present a certificate of the cluster's CA; tlscert.go
+// creates such a CA and its node certificates.
 // The kind byte then selects a raft stream, handed out by
 // Peer.RaftListener and opened by Peer.DialRaft (node wraps the two into a
 // raft.StreamLayer), or a multiplexed RPC connection (rpc.go): Peer.Call on

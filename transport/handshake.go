@@ -10,7 +10,8 @@ import (
 	"net"
 )
 
-// The peer handshake runs on every peer connection before any other byte:
+// The peer handshake runs on every peer connection before any other byte,
+// or, with PeerConfig.TLS, as the first bytes inside the TLS session:
 //
 //	client → server: "CHP1" | nonceC (32) | u8 len | idC
 //	server → client: nonceS (32) | u8 len | idS | macS (32)
@@ -36,8 +37,9 @@ const (
 )
 
 // ErrHandshake matches every failed peer handshake: wrong magic, a MAC that
-// does not verify (a different cluster secret), a bad id, or I/O that failed
-// or timed out before the handshake completed.
+// does not verify (a different cluster secret), a bad id, a TLS handshake
+// that failed (a certificate not signed by the CA, none, or no TLS at all),
+// or I/O that failed or timed out before the handshake completed.
 var ErrHandshake = errors.New("peer handshake failed")
 
 // Reasons a handshake fails; they go into the Warn log line as "reason".
@@ -67,12 +69,19 @@ func (e *handshakeError) Error() string {
 func (e *handshakeError) Unwrap() error        { return e.err }
 func (e *handshakeError) Is(target error) bool { return target == ErrHandshake }
 
-// ioFailure classifies an I/O error during the handshake.
+// ioFailure classifies an I/O error during the handshake. Over TLS, a
+// client learns that the server refused its certificate at its first read:
+// that is an alert from the remote.
 func ioFailure(err error) *handshakeError {
-	var ne net.Error
+	var (
+		ne net.Error
+		oe *net.OpError
+	)
 	switch {
 	case errors.As(err, &ne) && ne.Timeout():
 		return &handshakeError{reason: reasonTimeout, err: err}
+	case errors.As(err, &oe) && oe.Op == tlsRemoteError:
+		return &handshakeError{reason: reasonTLSAlert, err: err}
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
 		return &handshakeError{reason: reasonClosed, err: err}
 	default:

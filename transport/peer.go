@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -22,6 +23,10 @@ type PeerConfig struct {
 	HandshakeTimeout time.Duration // default 5s; also bounds each dial
 	MaxConcurrentRPC int           // handlers running at once, per node; default 1024; excess requests wait
 	WriteTimeout     time.Duration // default 10s; bounds each RPC frame write; a conn that cannot take a frame in time is closed
+	// TLS, when set, makes every peer connection mutual TLS 1.3 (see
+	// PeerTLS), with the HMAC handshake over Secret inside it. Nil: the HMAC
+	// handshake alone, over plain TCP.
+	TLS *PeerTLS
 }
 
 const (
@@ -67,6 +72,8 @@ func (c PeerConfig) Validate() error {
 		return errors.New("peer config: MaxConcurrentRPC is negative")
 	case c.WriteTimeout < 0:
 		return errors.New("peer config: WriteTimeout is negative")
+	case c.TLS != nil:
+		return c.TLS.validate()
 	}
 	return nil
 }
@@ -82,17 +89,19 @@ var ErrUnreachable = errors.New("peer unreachable")
 
 // Peer is a node's peer port: one TCP listener that carries both raft streams
 // and chorus's RPCs, and the client side of both. Every connection, either
-// way, is authenticated by the handshake in handshake.go before its first
-// byte of payload. All methods are safe for concurrent use.
+// way, is authenticated before its first byte of payload: by mutual TLS
+// (tls.go) when configured, then by the HMAC handshake in handshake.go. All
+// methods are safe for concurrent use.
 type Peer struct {
-	cfg     PeerConfig
-	log     hclog.Logger
-	ln      net.Listener
-	localIP net.IP        // outgoing dials bind here; nil lets the kernel choose
-	closing chan struct{} // closed when Close begins
-	sem     chan struct{} // one token per running handler, cap MaxConcurrentRPC
-	raft    *raftListener
-	wg      sync.WaitGroup // every goroutine the Peer starts
+	cfg       PeerConfig
+	log       hclog.Logger
+	ln        net.Listener
+	serverTLS *tls.Config   // nil without PeerConfig.TLS
+	localIP   net.IP        // outgoing dials bind here; nil lets the kernel choose
+	closing   chan struct{} // closed when Close begins
+	sem       chan struct{} // one token per running handler, cap MaxConcurrentRPC
+	raft      *raftListener
+	wg        sync.WaitGroup // every goroutine the Peer starts
 
 	mu      sync.Mutex // guards closed, conns, targets; wg.Add happens under it
 	closed  bool
@@ -120,6 +129,9 @@ func ListenPeer(cfg PeerConfig) (*Peer, error) {
 		conns:   make(map[*peerConn]struct{}),
 		targets: make(map[string]*rpcTarget),
 	}
+	if cfg.TLS != nil {
+		p.serverTLS = cfg.TLS.serverConfig()
+	}
 	p.raft = &raftListener{p: p, conns: make(chan net.Conn), closed: make(chan struct{})}
 	if ta, ok := ln.Addr().(*net.TCPAddr); ok && !ta.IP.IsUnspecified() {
 		p.localIP = ta.IP
@@ -129,7 +141,7 @@ func ListenPeer(cfg PeerConfig) (*Peer, error) {
 		defer p.wg.Done()
 		p.acceptLoop()
 	}()
-	p.log.Info("peer port listening", "addr", ln.Addr().String())
+	p.log.Info("peer port listening", "addr", ln.Addr().String(), "tls", cfg.TLS != nil)
 	return p, nil
 }
 
@@ -198,7 +210,7 @@ func (p *Peer) track(raw net.Conn) (*peerConn, error) {
 		_ = raw.Close()
 		return nil, ErrClosed
 	}
-	c := &peerConn{Conn: raw, p: p, done: make(chan struct{})}
+	c := &peerConn{Conn: raw, tcp: raw, p: p, done: make(chan struct{})}
 	p.conns[c] = struct{}{}
 	return c, nil
 }
@@ -280,7 +292,16 @@ func (p *Peer) dial(ctx context.Context, addr string, kind byte) (*peerConn, err
 		_ = c.Close() // the error below is the one that matters
 		return nil, fmt.Errorf("dial peer %s: %w: %w", addr, ErrUnreachable, err)
 	}
-	serverID, err := clientHandshake(c.Conn, p.cfg.ID, p.cfg.Secret, kind)
+	var serverID string
+	if p.cfg.TLS != nil {
+		err = p.tlsClient(ctx, c, addr)
+	}
+	if err == nil {
+		serverID, err = clientHandshake(c.Conn, p.cfg.ID, p.cfg.Secret, kind)
+	}
+	if isTLSReason(err) && !p.isClosed() {
+		p.log.Warn("peer TLS handshake failed", "remote_addr", addr, "reason", handshakeReason(err), "error", err)
+	}
 	if err == nil {
 		err = c.SetDeadline(time.Time{})
 	}
@@ -361,11 +382,17 @@ func (p *Peer) serveConn(c *peerConn) {
 	}
 }
 
-// acceptHandshake runs the server handshake, the fault check and the stream
-// kind read, all under one deadline that it clears on success.
+// acceptHandshake runs the TLS handshake when configured, the server
+// handshake, the fault check and the stream kind read, all under one
+// deadline that it clears on success.
 func (p *Peer) acceptHandshake(c *peerConn) (clientID string, kind byte, err error) {
 	if err := c.SetDeadline(time.Now().Add(p.cfg.HandshakeTimeout)); err != nil {
 		return "", 0, ioFailure(err)
+	}
+	if p.serverTLS != nil {
+		if err := p.tlsServer(c); err != nil {
+			return "", 0, err
+		}
 	}
 	clientID, err = serverHandshake(c.Conn, p.cfg.ID, p.cfg.Secret)
 	if err != nil {
