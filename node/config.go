@@ -32,6 +32,9 @@ type Config struct {
 	Peers []Peer
 	// ClusterSecret authenticates every peer connection; required.
 	ClusterSecret []byte
+	// PeerTLS, when set, makes every peer connection mutual TLS against its
+	// CA, with the cluster secret checked inside (transport.PeerTLS).
+	PeerTLS *transport.PeerTLS
 
 	Logger hclog.Logger     // default hclog.NewNullLogger()
 	Now    func() time.Time // default time.Now; stamps commands

@@ -116,7 +116,7 @@ func New(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("open snapshot store: %w", err)
 	}
 	n.peer, err = transport.ListenPeer(transport.PeerConfig{
-		ID: cfg.ID, Addr: cfg.PeerAddr, Secret: cfg.ClusterSecret,
+		ID: cfg.ID, Addr: cfg.PeerAddr, Secret: cfg.ClusterSecret, TLS: cfg.PeerTLS,
 		Handler: rpcHandler{n}, Faults: cfg.Faults, Logger: log,
 	})
 	if err != nil {
