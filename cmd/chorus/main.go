@@ -31,6 +31,7 @@ Commands:
   status      the cluster as every member sees it: state, leader, indexes, lag
   members     add or remove a member (admin token)
   leadership  transfer leadership to another voter (admin token)
+  tls         tls init: create a CA and node certificates for mutual TLS and HTTPS
   version     print the version
   help        print this help
 
@@ -87,6 +88,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return membersCmd(args[1:], stdout, stderr, os.Getenv)
 	case "leadership":
 		return leadershipCmd(args[1:], stdout, stderr, os.Getenv)
+	case "tls":
+		return tlsCmd(args[1:], stdout, stderr)
 	default:
 		return &exitError{
 			code: usageExitCode,
