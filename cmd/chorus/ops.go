@@ -3,12 +3,16 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,20 +28,71 @@ const opsTimeout = 20 * time.Second
 
 // opsFlags are the flags every operator command takes.
 type opsFlags struct {
-	addr  string
-	token string
+	addr   string
+	token  string
+	caCert string
+	tls    *tls.Config // set by prepare: trusts --ca-cert; nil without it
 }
 
 func (o *opsFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&o.addr, "addr", "127.0.0.1:8081", "HTTP address (host:port) of any node of the cluster")
+	fs.StringVar(&o.addr, "addr", "127.0.0.1:8081", "address of any node of the cluster: host:port, http://host:port or https://host:port (a bare host:port is https with --ca-cert)")
 	fs.StringVar(&o.token, "admin-token", "", "the cluster's admin token")
+	fs.StringVar(&o.caCert, "ca-cert", "", "CA certificate (PEM) to trust for nodes served over HTTPS (--tls-cert), such as the ca.pem of 'chorus tls init'")
+}
+
+// prepare turns --addr into a base URL and loads --ca-cert; each command
+// calls it once its flags are parsed. After it, o.addr has a scheme.
+func (o *opsFlags) prepare() error {
+	usage := func(err error) error { return &exitError{code: usageExitCode, err: err} }
+	if !strings.Contains(o.addr, "://") {
+		scheme := "http://"
+		if o.caCert != "" {
+			scheme = "https://"
+		}
+		o.addr = scheme + o.addr
+	}
+	u, err := url.Parse(o.addr)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || strings.Trim(u.Path, "/") != "" {
+		return usage(fmt.Errorf("--addr %q: want host:port, http://host:port or https://host:port", o.addr))
+	}
+	o.addr = u.Scheme + "://" + u.Host
+	if o.caCert != "" {
+		b, err := os.ReadFile(o.caCert)
+		if err != nil {
+			return usage(fmt.Errorf("--ca-cert: %w", err))
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(b) {
+			return usage(fmt.Errorf("--ca-cert %s: no PEM certificate in it", o.caCert))
+		}
+		o.tls = &tls.Config{RootCAs: pool}
+	}
+	return nil
+}
+
+// client returns an HTTP client for the cluster's nodes with the given
+// overall timeout, trusting --ca-cert when set.
+func (o *opsFlags) client(timeout time.Duration) *http.Client {
+	if o.tls == nil {
+		return &http.Client{Timeout: timeout}
+	}
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{TLSClientConfig: o.tls.Clone()}}
+}
+
+// memberURL is where to reach a member at its HTTP address: with the
+// scheme of --addr, as every node of a cluster serves the same.
+func (o *opsFlags) memberURL(httpAddr string) string {
+	scheme, _, _ := strings.Cut(o.addr, "://")
+	return scheme + "://" + httpAddr
 }
 
 const statusAbout = `Prints the cluster as every member sees it: one row per member of the raft
 configuration, with its state, the leader it follows, its term, its applied,
 commit and last log indexes, and its lag (how far its applied index is behind
 the leader's commit index). It asks --addr for the members, then each member
-at its own HTTP address. A member that does not answer shows as unreachable.
+at its own HTTP address, with the scheme of --addr (https:// for a cluster
+served with --tls-cert; --ca-cert trusts its CA). A member that does not
+answer shows as unreachable.
 Exit status: 0 when every member answered and all agree on one leader, 1
 otherwise, 2 for a bad command line.`
 
@@ -54,9 +109,12 @@ func statusCmd(args []string, stdout, stderr io.Writer, getenv func(string) stri
 	if fs.NArg() > 0 {
 		return &exitError{code: usageExitCode, err: fmt.Errorf("status: unexpected argument %q", fs.Arg(0))}
 	}
+	if err := o.prepare(); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), opsTimeout)
 	defer cancel()
-	hc := &http.Client{Timeout: 3 * time.Second}
+	hc := o.client(3 * time.Second)
 	first, err := fetchStatus(ctx, hc, o.addr)
 	if err != nil {
 		return fmt.Errorf("status: %w", err)
@@ -76,7 +134,7 @@ func statusCmd(args []string, stdout, stderr io.Writer, getenv func(string) stri
 				views[i].err = errors.New("no HTTP address known")
 				return
 			}
-			st, err := fetchStatus(ctx, hc, m.HTTPAddr)
+			st, err := fetchStatus(ctx, hc, o.memberURL(m.HTTPAddr))
 			views[i].status, views[i].err = &st, err
 		}()
 	}
@@ -213,9 +271,12 @@ func membersCmd(args []string, stdout, stderr io.Writer, getenv func(string) str
 	if help, err := parseCommand(fs, args[1:], getenv, synopsis, membersAbout); help || err != nil {
 		return err
 	}
+	if err := o.prepare(); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), opsTimeout)
 	defer cancel()
-	hc := &http.Client{Timeout: opsTimeout}
+	hc := o.client(opsTimeout)
 	switch verb {
 	case "add":
 		if *id == "" || *peerAddr == "" || fs.NArg() > 0 {
@@ -265,13 +326,16 @@ func leadershipCmd(args []string, stdout, stderr io.Writer, getenv func(string) 
 	if fs.NArg() > 0 {
 		return &exitError{code: usageExitCode, err: fmt.Errorf("leadership: unexpected argument %q", fs.Arg(0))}
 	}
+	if err := o.prepare(); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), opsTimeout)
 	defer cancel()
 	body, _ := json.Marshal(map[string]string{"id": *to})
-	if err := opsAdmin(ctx, &http.Client{Timeout: opsTimeout}, o, http.MethodPost, "/cluster/leadership-transfer", body); err != nil {
+	if err := opsAdmin(ctx, o.client(opsTimeout), o, http.MethodPost, "/cluster/leadership-transfer", body); err != nil {
 		return err
 	}
-	st, err := fetchStatus(ctx, &http.Client{Timeout: 3 * time.Second}, o.addr)
+	st, err := fetchStatus(ctx, o.client(3*time.Second), o.addr)
 	if err != nil {
 		fmt.Fprintln(stdout, "leadership transferred")
 		return nil
@@ -308,7 +372,11 @@ func opsCall(ctx context.Context, hc *http.Client, method, addr, path, token str
 	if body != nil {
 		rd = bytes.NewReader(body)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://"+addr+path, rd)
+	base := addr
+	if !strings.Contains(base, "://") {
+		base = "http://" + base
+	}
+	req, err := http.NewRequestWithContext(ctx, method, base+path, rd)
 	if err != nil {
 		return nil, 0, err
 	}

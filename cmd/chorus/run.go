@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -20,6 +21,7 @@ import (
 type nodeOptions struct {
 	cfg            node.Config
 	httpAddr       string
+	httpTLS        *tls.Config // nil: plain HTTP
 	adminToken     string
 	wsRate         int
 	createRate     int
@@ -53,6 +55,11 @@ func startNode(log hclog.Logger, o nodeOptions) (*running, error) {
 		return nil, fmt.Errorf("listen http: %w", err)
 	}
 	o.cfg.HTTPAddr = ln.Addr().String()
+	if o.httpTLS != nil {
+		// http.Server runs each connection's handshake itself, bounded by
+		// ReadHeaderTimeout, and answers plain HTTP with a 400.
+		ln = tls.NewListener(ln, o.httpTLS)
+	}
 	n, err := node.New(o.cfg)
 	if err != nil {
 		ln.Close()
@@ -71,7 +78,7 @@ func startNode(log hclog.Logger, o nodeOptions) (*running, error) {
 		srv: transport.NewServer(mux, log, transport.ServerLimits{}),
 	}
 	go func() { r.served <- r.srv.Serve(ln) }()
-	log.Info("listening", "http_addr", r.addr, "peer_addr", n.PeerAddr())
+	log.Info("listening", "http_addr", r.addr, "https", o.httpTLS != nil, "peer_addr", n.PeerAddr(), "peer_tls", o.cfg.PeerTLS != nil)
 	return r, nil
 }
 
