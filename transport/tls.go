@@ -217,8 +217,7 @@ func (p *Peer) tlsClient(ctx context.Context, c *peerConn, addr string) error {
 // handshake, the stream kind or a payload is read.
 func (p *Peer) tlsServer(c *peerConn) error {
 	tc := tls.Server(c.tcp, p.serverTLS)
-	// The conn's deadline bounds the handshake; the context adds nothing.
-	if err := tc.HandshakeContext(context.Background()); err != nil {
+	if err := tc.Handshake(); err != nil {
 		return tlsFailure(err)
 	}
 	c.Conn = tc
