@@ -42,7 +42,7 @@ func (f *serveFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.peerAddr, "peer-addr", "127.0.0.1:9081", "peer port listen address (raft and node-to-node RPC)")
 	fs.StringVar(&f.advertise, "advertise-addr", "", "peer address other nodes dial (default: the bound --peer-addr)")
 	fs.StringVar(&f.peers, "peers", "", "initial cluster as id=host:port,... including this node; used once, to bootstrap an empty data dir")
-	fs.StringVar(&f.secret, "cluster-secret", "", "shared secret that authenticates peer connections (required)")
+	fs.StringVar(&f.secret, "cluster-secret", "", "shared secret that authenticates peer connections (required; with --peer-tls-* it is checked inside the TLS session, as a second factor)")
 	fs.StringVar(&f.adminToken, "admin-token", "", "bearer token for the admin routes (/cluster/members, /cluster/leadership-transfer, /cluster/state, /cluster/snapshot, /debug/pprof/); empty disables them")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
