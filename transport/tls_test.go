@@ -509,3 +509,39 @@ func TestCA(t *testing.T) {
 		t.Fatal("Issue accepted a certificate that outlives the CA")
 	}
 }
+
+// TestPeerTLSFaults: fault injection acts above TLS, on whole writes, so a
+// partition refuses TLS peers as it does plain ones, and a link that
+// dropped bytes is closed and redialled rather than left with a corrupt
+// TLS stream.
+func TestPeerTLSFaults(t *testing.T) {
+	ca, f := testCA(t), NewFaults()
+	a, _ := newPeer(t, PeerConfig{ID: "a", Addr: tlsIP1 + ":0", Faults: f, TLS: peerTLS(t, ca, "a", tlsIP1)})
+	b, _ := newPeer(t, PeerConfig{ID: "b", Addr: tlsIP2 + ":0", Faults: f, TLS: peerTLS(t, ca, "b", tlsIP2)})
+	mustCall(t, a, b, 1, "x", "a/1/x")
+
+	f.Partition([]string{"a"}, []string{"b"})
+	if _, err := call(a, b, 1, "x"); !errors.Is(err, ErrUnreachable) && !errors.Is(err, ErrConnLost) {
+		t.Fatalf("call across a partition: %v, want ErrUnreachable or ErrConnLost", err)
+	}
+	f.Heal()
+	mustCall(t, a, b, 1, "y", "a/1/y")
+
+	f.Set("a", "b", LinkFault{Drop: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	_, err := a.Call(ctx, b.Addr().String(), 1, []byte("lost"))
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("call with its request dropped: %v, want a timeout", err)
+	}
+	f.Heal()
+	eventually(t, 5*time.Second, func() error {
+		_, err := call(a, b, 1, "z")
+		return err
+	})
+	for _, st := range tlsConns(t, a) {
+		if !st.HandshakeComplete {
+			t.Fatal("a connection without a complete TLS handshake")
+		}
+	}
+}
