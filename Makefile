@@ -9,10 +9,18 @@ FUZZTIME ?= 30s
 # staticcheck 2026.2.2; bump deliberately, it can add findings.
 STATICCHECK_VERSION := v0.8.2
 
-.PHONY: build run test test-short chaos bench fuzz bench-fsm lint tidy
+.PHONY: build static run test test-short chaos bench fuzz bench-fsm lint tidy
 
 build:
 	go build -ldflags "-X main.version=$(VERSION)" -o bin/chorus ./cmd/chorus
+
+# A statically linked Linux binary (no cgo, no libc, no loader) for the Docker
+# image: the Dockerfile copies bin/chorus-linux-$(ARCH) and runs nothing else.
+# ARCH is a GOARCH (amd64, arm64); STATIC_BIN moves the output.
+ARCH ?= amd64
+STATIC_BIN ?= bin/chorus-linux-$(ARCH)
+static:
+	CGO_ENABLED=0 GOOS=linux GOARCH=$(ARCH) go build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o $(STATIC_BIN) ./cmd/chorus
 
 # Three local nodes (HTTP 127.0.0.1:8081-8083, peers :9081-9083, data under ./data); Ctrl-C stops them.
 run: build
