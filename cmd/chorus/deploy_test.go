@@ -181,9 +181,16 @@ func TestDockerfile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if dockerignored(string(ignore), copySrc) {
+		t.Errorf(".dockerignore keeps %s, the binary the image copies, out of the build", copySrc)
+	}
 	for p, want := range map[string]bool{
-		copySrc: true, "bin/chorus-linux-arm64": true,
-		".env": false, "data/n1/raft.db": false, ".git/config": false, "bin/chorus": false, "chaos-runs/x/history.json": false,
+		"bin/chorus-linux-arm64":    true,
+		".env":                      false,
+		"data/n1/raft.db":           false,
+		".git/config":               false,
+		"bin/chorus":                false,
+		"chaos-runs/x/history.json": false,
 	} {
 		if sent := !dockerignored(string(ignore), p); sent != want {
 			t.Errorf(".dockerignore: %s sent to the build: %v, want %v", p, sent, want)
