@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"debug/elf"
 	"flag"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -12,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // The module root, from this package's directory (the tests' working directory).
@@ -269,5 +272,115 @@ func TestStaticBinary(t *testing.T) {
 	}
 	if st, err := os.Stat(bin); err == nil {
 		t.Logf("static binary: %s MiB", strconv.FormatFloat(float64(st.Size())/(1<<20), 'f', 1, 64))
+	}
+}
+
+// TestSystemdUnit checks deploy/chorus.service and the settings file it
+// reads: chorus serve with nothing on its command line, the settings file
+// accepted by serve's own parsing of the environment (every variable a real
+// flag's twin, the required ones set, the peers list naming this node at its
+// peer address), the data dir the unit's StateDirectory, time to stop
+// gracefully, and systemd-analyze verify, where it is installed.
+func TestSystemdUnit(t *testing.T) {
+	unit, err := os.ReadFile(filepath.Join(repoRoot, "deploy/chorus.service"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := map[string]string{}
+	section := ""
+	for _, line := range strings.Split(string(unit), "\n") {
+		line = strings.TrimSpace(line)
+		if strings.HasPrefix(line, "[") {
+			section = line
+			continue
+		}
+		if k, v, ok := strings.Cut(line, "="); ok && section == "[Service]" && !strings.HasPrefix(line, "#") {
+			svc[k] = v
+		}
+	}
+	exec0 := strings.Fields(svc["ExecStart"])
+	if len(exec0) != 2 || exec0[1] != "serve" {
+		t.Errorf("ExecStart=%s: want the binary and serve, the settings in the environment", svc["ExecStart"])
+	}
+	if svc["KillSignal"] != "" && svc["KillSignal"] != "SIGTERM" {
+		t.Errorf("KillSignal=%s: a node stops gracefully on SIGTERM", svc["KillSignal"])
+	}
+	if d, err := time.ParseDuration(svc["TimeoutStopSec"]); err != nil || d <= 10*time.Second {
+		t.Errorf("TimeoutStopSec=%s: a node may take 10 s to stop; give it more", svc["TimeoutStopSec"])
+	}
+	if n, err := strconv.Atoi(svc["LimitNOFILE"]); err != nil || n < 16384 {
+		t.Errorf("LimitNOFILE=%s: every WebSocket is a file descriptor", svc["LimitNOFILE"])
+	}
+
+	envFile := filepath.Join(repoRoot, "deploy/chorus.env.example")
+	if svc["EnvironmentFile"] != "/etc/chorus/chorus.env" {
+		t.Errorf("EnvironmentFile=%s, which deploy/chorus.env.example does not document", svc["EnvironmentFile"])
+	}
+	b, err := os.ReadFile(envFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if line = strings.TrimSpace(line); line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			t.Fatalf("chorus.env.example: %q is not KEY=VALUE", line)
+		}
+		env[k] = v
+	}
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	var f serveFlags
+	f.register(fs)
+	twins := map[string]bool{}
+	fs.VisitAll(func(fl *flag.Flag) { twins[envName(fl.Name)] = true })
+	for k := range env {
+		if !twins[k] {
+			t.Errorf("chorus.env.example: %s is no serve flag's twin", k)
+		}
+	}
+	if err := parseWithEnv(fs, nil, func(k string) string { return env[k] }); err != nil {
+		t.Fatalf("serve refuses chorus.env.example: %v", err)
+	}
+	if f.id == "" || f.secret == "" || f.adminToken == "" {
+		t.Errorf("id %q, cluster secret and admin token set: %v, %v", f.id, f.secret != "", f.adminToken != "")
+	}
+	if f.dataDir != "/var/lib/"+svc["StateDirectory"] {
+		t.Errorf("data dir %s, but the unit's StateDirectory is /var/lib/%s", f.dataDir, svc["StateDirectory"])
+	}
+	peers, err := parsePeers(f.peers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	self := false
+	for _, p := range peers {
+		self = self || (p.ID == f.id && p.Addr == f.peerAddr)
+	}
+	if len(peers) != 3 || !self {
+		t.Errorf("peers %v: want three, this node (%s) at its --peer-addr %s among them", peers, f.id, f.peerAddr)
+	}
+	if _, err := newLogger(f.logLevel, f.logFormat, io.Discard); err != nil {
+		t.Error(err)
+	}
+
+	analyze, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		t.Log("systemd-analyze not found; the unit's syntax is not verified")
+		return
+	}
+	// verify wants ExecStart's binary to exist: use this test's own.
+	self0, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "chorus.service")
+	if err := os.WriteFile(path, []byte(strings.Replace(string(unit), "ExecStart="+exec0[0], "ExecStart="+self0, 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(analyze, "verify", path).CombinedOutput(); err != nil || len(bytes.TrimSpace(out)) > 0 {
+		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
 	}
 }
