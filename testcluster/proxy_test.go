@@ -113,21 +113,16 @@ func (c proxyClient) do(ctx context.Context, method, path, token string, body []
 	return HTTPDo(ctx, c.hc, method, c.base+path, token, body)
 }
 
-// nodeID asks the proxy for /cluster/status and returns the id of the node
-// that answered.
-func (c proxyClient) nodeID(ctx context.Context) (string, error) {
-	b, code, err := c.do(ctx, http.MethodGet, "/cluster/status", "", nil)
+// get fetches path through the proxy and fails unless it answers 200.
+func (c proxyClient) get(ctx context.Context, path string) error {
+	b, code, err := c.do(ctx, http.MethodGet, path, "", nil)
 	if err != nil {
-		return "", err
+		return err
 	}
 	if code != http.StatusOK {
-		return "", fmt.Errorf("/cluster/status through the proxy: HTTP %d: %s", code, b)
+		return fmt.Errorf("GET %s through the proxy: HTTP %d: %s", path, code, b)
 	}
-	var st struct{ ID string }
-	if err := json.Unmarshal(b, &st); err != nil {
-		return "", err
-	}
-	return st.ID, nil
+	return nil
 }
 
 // createSession makes a session through base (the proxy or a node) and
@@ -191,7 +186,7 @@ func readFrame(ctx context.Context, ws *websocket.Conn, match func(wsFrame) bool
 // in, in front of three real chorus serve processes started with
 // docker-compose.yml's flags, and checks what the example promises: the HTTP
 // API and WebSockets work through it; requests are spread over every node;
-// the admin routes are not served; the per-IP WebSocket cap and session
+// the cluster and admin routes are not served; the per-IP WebSocket cap and session
 // create rate are applied per client; after the leader is killed, writes and
 // new WebSockets succeed again within a bounded time and keep succeeding;
 // the node gets traffic again once it is back.
@@ -225,26 +220,38 @@ func TestProxyExample(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Every node ready before the proxy's first checks, so that none starts
+	// out taken out: the kill below must be what takes one out.
+	Eventually(t, 30*time.Second, func() error {
+		for _, n := range p.Nodes {
+			_, code, err := HTTPDo(ctx, p.http, http.MethodGet, "http://"+n.HTTPAddr+"/readyz", "", nil)
+			if err != nil || code != http.StatusOK {
+				return fmt.Errorf("%s: /readyz HTTP %d %v", n.ID, code, err)
+			}
+		}
+		return nil
+	})
 	logged := startHAProxy(t, haproxy, renderProxyConfig(t, string(src), nodes, bind))
 	c := proxyClient{base: "http://" + bind, hc: &http.Client{
 		Timeout:   5 * time.Second,
 		Transport: &http.Transport{DisableKeepAlives: true},
 	}}
 
-	// Spread: every node answers some of the requests.
-	seen := map[string]int{}
+	// Spread: every node answers some of the requests. HAProxy's log names
+	// the server of each request ("public nodes/n2 ...").
+	served := func(id string) int { return logged(" nodes/" + id + " ") }
 	Eventually(t, 30*time.Second, func() error {
-		id, err := c.nodeID(ctx)
-		if err != nil {
+		if err := c.get(ctx, "/healthz"); err != nil {
 			return err
 		}
-		seen[id]++
-		if len(seen) < len(p.Nodes) {
-			return fmt.Errorf("answers so far came from %v", seen)
+		for _, n := range p.Nodes {
+			if served(n.ID) == 0 {
+				return fmt.Errorf("%s has had no request yet", n.ID)
+			}
 		}
 		return nil
 	})
-	t.Logf("requests spread over %v", seen)
+	t.Logf("requests spread: n1 %d, n2 %d, n3 %d", served("n1"), served("n2"), served("n3"))
 
 	// The HTTP API and the WebSocket through the proxy: one player's change
 	// reaches the other, whichever nodes they landed on.
@@ -278,8 +285,9 @@ func TestProxyExample(t *testing.T) {
 		t.Fatalf("GET through the proxy: HTTP %d %v: %s", code, err, body)
 	}
 
-	// The admin and monitoring routes stay on the nodes, even with the token.
-	for _, path := range []string{"/metrics", "/cluster/state", "/debug/pprof/", "/cluster/members/n1"} {
+	// The cluster, admin and monitoring routes stay on the nodes, even with
+	// the token.
+	for _, path := range []string{"/cluster/status", "/metrics", "/cluster/state", "/debug/pprof/", "/cluster/members/n1"} {
 		method := http.MethodGet
 		if path == "/cluster/members/n1" {
 			method = http.MethodDelete
@@ -301,6 +309,9 @@ func TestProxyExample(t *testing.T) {
 	dead := p.Nodes[leader].ID
 	down, up := "Server nodes/"+dead+" is DOWN", "Server nodes/"+dead+" is UP"
 	downs := logged(down)
+	if downs != 0 {
+		t.Fatalf("the proxy took %s out before the kill", dead)
+	}
 	if err := p.Kill(leader); err != nil {
 		t.Fatal(err)
 	}
@@ -329,20 +340,20 @@ func TestProxyExample(t *testing.T) {
 		if err := writeAndJoin(n); err != nil {
 			t.Fatalf("after failover, write %d: %v", n, err)
 		}
-		if _, err := c.nodeID(ctx); err != nil {
-			t.Fatalf("after failover, status %d: %v", n, err)
-		}
 		if logged(down) == downs {
 			return fmt.Errorf("the proxy has not taken %s out", dead)
 		}
 		return nil
 	})
 	t.Logf("the proxy took %s out %v after the kill, %d writes and joins later, none failed", dead, time.Since(killed).Round(time.Millisecond), n)
+	before := served(dead)
 	for i := 0; i < 20; i++ {
-		id, err := c.nodeID(ctx)
-		if err != nil || id == dead {
-			t.Fatalf("with %s down, status %d: %q %v", dead, i, id, err)
+		if err := c.get(ctx, "/api/sessions/"+id); err != nil {
+			t.Fatalf("with %s down, read %d: %v", dead, i, err)
 		}
+	}
+	if after := served(dead); after != before {
+		t.Errorf("with %s down, the proxy sent it %d requests", dead, after-before)
 	}
 
 	// Once back and caught up, the node gets traffic again.
@@ -355,12 +366,11 @@ func TestProxyExample(t *testing.T) {
 		if logged(up) == ups {
 			return fmt.Errorf("the proxy has not put %s back", dead)
 		}
-		id, err := c.nodeID(ctx)
-		if err != nil {
+		if err := c.get(ctx, "/api/sessions/"+id); err != nil {
 			return err
 		}
-		if id != dead {
-			return fmt.Errorf("%s answered, waiting for %s", id, dead)
+		if served(dead) == before {
+			return fmt.Errorf("%s has had no request since it came back", dead)
 		}
 		return nil
 	})
