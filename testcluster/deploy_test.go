@@ -52,6 +52,14 @@ func (v *yamlValue) get(path ...string) *yamlValue {
 	return v
 }
 
+// items returns a sequence's scalars; none when v is missing.
+func (v *yamlValue) items() []string {
+	if v == nil {
+		return nil
+	}
+	return v.list
+}
+
 type yamlLine struct {
 	no     int
 	indent int
@@ -428,15 +436,15 @@ func TestComposeFile(t *testing.T) {
 		if n.env["CHORUS_DATA_DIR"] != "/data" {
 			t.Errorf("%s: data dir %q, want /data (the image's volume)", n.service, n.env["CHORUS_DATA_DIR"])
 		}
-		vols := svc.get("volumes")
+		vols := svc.get("volumes").items()
 		var vol string
-		for _, v := range vols.list {
+		for _, v := range vols {
 			if name, ok := strings.CutSuffix(v, ":/data"); ok {
 				vol = name
 			}
 		}
 		if vol == "" || cf.doc.get("volumes", vol) == nil {
-			t.Errorf("%s: no named volume at /data (volumes %v)", n.service, vols.list)
+			t.Errorf("%s: no named volume at /data (volumes %v)", n.service, vols)
 		}
 		addr, _ := flagValue(n.args, "http-addr")
 		httpAddrs = append(httpAddrs, addr)
@@ -461,7 +469,7 @@ func TestComposeFile(t *testing.T) {
 		t.Fatal("docker-compose.yml: no proxy service")
 	}
 	mounted := false
-	for _, v := range proxy.get("volumes").list {
+	for _, v := range proxy.get("volumes").items() {
 		if strings.HasPrefix(v, "./deploy/haproxy.cfg:") {
 			mounted = true
 		}
@@ -471,13 +479,13 @@ func TestComposeFile(t *testing.T) {
 	}
 	bind := haproxyBindPort(string(cfg))
 	published := false
-	for _, p := range proxy.get("ports").list {
+	for _, p := range proxy.get("ports").items() {
 		if strings.HasSuffix(p, ":"+bind) {
 			published = true
 		}
 	}
 	if !published {
-		t.Errorf("proxy: haproxy binds port %s, which is not published (%v)", bind, proxy.get("ports").list)
+		t.Errorf("proxy: haproxy binds port %s, which is not published (%v)", bind, proxy.get("ports").items())
 	}
 }
 
