@@ -40,6 +40,20 @@ func (o *opsFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.caCert, "ca-cert", "", "CA certificate (PEM) to trust for nodes served over HTTPS (--tls-cert), such as the ca.pem of 'chorus tls init'")
 }
 
+// opsEnv is the environment the operator commands read: only the twins of
+// the flags every one of them takes. On a node's host the CHORUS_* variables
+// of chorus serve are often set, and CHORUS_ID or CHORUS_PEER_ADDR must not
+// quietly become a member to add.
+func opsEnv(getenv func(string) string) func(string) string {
+	return func(name string) string {
+		switch name {
+		case envName("addr"), envName("admin-token"), envName("ca-cert"):
+			return getenv(name)
+		}
+		return ""
+	}
+}
+
 // prepare turns --addr into a base URL and loads --ca-cert; each command
 // calls it once its flags are parsed. After it, o.addr has a scheme.
 func (o *opsFlags) prepare() error {
@@ -103,7 +117,7 @@ func statusCmd(args []string, stdout, stderr io.Writer, getenv func(string) stri
 	var o opsFlags
 	o.register(fs)
 	asJSON := fs.Bool("json", false, "print every member's /cluster/status as a JSON array instead of the table")
-	if help, err := parseCommand(fs, args, getenv, "chorus status [flags]", statusAbout); help || err != nil {
+	if help, err := parseCommand(fs, args, opsEnv(getenv), "chorus status [flags]", statusAbout); help || err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
@@ -242,7 +256,9 @@ const membersAbout = `Changes the cluster's membership through any node (it forw
   chorus members remove n3
 
 A node to add must be running with an empty data dir and no --peers. Needs the
-admin token (--admin-token or CHORUS_ADMIN_TOKEN).`
+admin token (--admin-token or CHORUS_ADMIN_TOKEN). Of the environment, the
+operator commands read only CHORUS_ADDR, CHORUS_ADMIN_TOKEN and CHORUS_CA_CERT,
+so a node's own CHORUS_ID or CHORUS_PEER_ADDR never stand in for these flags.`
 
 // membersCmd adds or removes a member.
 func membersCmd(args []string, stdout, stderr io.Writer, getenv func(string) string) error {
@@ -268,7 +284,7 @@ func membersCmd(args []string, stdout, stderr io.Writer, getenv func(string) str
 	if verb == "remove" {
 		synopsis = "chorus members remove [flags] ID"
 	}
-	if help, err := parseCommand(fs, args[1:], getenv, synopsis, membersAbout); help || err != nil {
+	if help, err := parseCommand(fs, args[1:], opsEnv(getenv), synopsis, membersAbout); help || err != nil {
 		return err
 	}
 	if err := o.prepare(); err != nil {
@@ -320,7 +336,7 @@ func leadershipCmd(args []string, stdout, stderr io.Writer, getenv func(string) 
 	var o opsFlags
 	o.register(fs)
 	to := fs.String("to", "", "the voter to hand leadership to (default: any up-to-date voter)")
-	if help, err := parseCommand(fs, args[1:], getenv, "chorus leadership transfer [flags]", leadershipAbout); help || err != nil {
+	if help, err := parseCommand(fs, args[1:], opsEnv(getenv), "chorus leadership transfer [flags]", leadershipAbout); help || err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {

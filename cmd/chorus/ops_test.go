@@ -120,6 +120,13 @@ func TestOperatorCommandLines(t *testing.T) {
 		{[]string{"leadership", "transfer", "now"}, `unexpected argument "now"`},
 		{[]string{"status", "now"}, `unexpected argument "now"`},
 	}
+	// A node's own settings in the environment are not a member to add.
+	t.Setenv("CHORUS_ID", "n9")
+	t.Setenv("CHORUS_PEER_ADDR", "127.0.0.1:9089")
+	tests = append(tests, struct {
+		args   []string
+		wantIn string
+	}{[]string{"members", "add", "--admin-token", "x"}, "needs --id and --peer-addr"})
 	for _, tt := range tests {
 		_, code, err := runOps(t, tt.args...)
 		if code != usageExitCode || err == nil || !strings.Contains(err.Error(), tt.wantIn) {
