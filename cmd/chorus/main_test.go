@@ -29,6 +29,8 @@ func TestRun(t *testing.T) {
 		{name: "unknown", args: []string{"frobnicate"}, wantCode: usageExitCode, wantErrIn: "chorus help"},
 		{name: "serve missing flags", args: []string{"serve", "--id", "n1"}, wantCode: usageExitCode, wantErrIn: "missing --"},
 		{name: "serve bad peers", args: []string{"serve", "--id", "n1", "--data-dir", "d", "--cluster-secret", "s", "--peers", "n1"}, wantCode: usageExitCode, wantErrIn: "not id=host:port"},
+		{name: "serve advertised wildcard", args: []string{"serve", "--id", "n1", "--data-dir", "d", "--cluster-secret", "s", "--advertise-http-addr", "0.0.0.0:8081"}, wantCode: usageExitCode, wantErrIn: "--advertise-http-addr"},
+		{name: "serve advertised no port", args: []string{"serve", "--id", "n1", "--data-dir", "d", "--cluster-secret", "s", "--advertise-http-addr", "chorus.example"}, wantCode: usageExitCode, wantErrIn: "--advertise-http-addr"},
 		{name: "serve bad flag", args: []string{"serve", "--bogus"}, wantCode: usageExitCode, wantErrIn: "bogus"},
 		{name: "dev bad flag", args: []string{"dev", "--bogus"}, wantCode: usageExitCode, wantErrIn: "bogus"},
 		{name: "chaos help", args: []string{"chaos", "-h"}, wantStderr: []string{"chorus chaos [flags]", "-nemesis", "-seed", "iptables"}},

@@ -21,6 +21,7 @@ import (
 type nodeOptions struct {
 	cfg            node.Config
 	httpAddr       string
+	advertiseHTTP  string      // announced instead of the bound httpAddr when set
 	httpTLS        *tls.Config // nil: plain HTTP
 	adminToken     string
 	wsRate         int
@@ -55,6 +56,9 @@ func startNode(log hclog.Logger, o nodeOptions) (*running, error) {
 		return nil, fmt.Errorf("listen http: %w", err)
 	}
 	o.cfg.HTTPAddr = ln.Addr().String()
+	if o.advertiseHTTP != "" {
+		o.cfg.HTTPAddr = o.advertiseHTTP
+	}
 	if o.httpTLS != nil {
 		// http.Server runs each connection's handshake itself, bounded by
 		// ReadHeaderTimeout, and answers plain HTTP with a 400.

@@ -23,6 +23,7 @@ import (
 // serveFlags are the flags of chorus serve; each has a CHORUS_* environment twin.
 type serveFlags struct {
 	id, dataDir, httpAddr, peerAddr, advertise, peers string
+	advertiseHTTP                                     string
 	secret, adminToken                                string
 	logLevel, logFormat                               string
 	heartbeat, election, lease, commit                time.Duration
@@ -41,6 +42,7 @@ func (f *serveFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.httpAddr, "http-addr", "127.0.0.1:8081", "client HTTP and WebSocket listen address")
 	fs.StringVar(&f.peerAddr, "peer-addr", "127.0.0.1:9081", "peer port listen address (raft and node-to-node RPC)")
 	fs.StringVar(&f.advertise, "advertise-addr", "", "peer address other nodes dial (default: the bound --peer-addr)")
+	fs.StringVar(&f.advertiseHTTP, "advertise-http-addr", "", "client HTTP address announced to the cluster, which chorus status and the web client use to reach this node (default: the bound --http-addr; set it when binding 0.0.0.0)")
 	fs.StringVar(&f.peers, "peers", "", "initial cluster as id=host:port,... including this node; used once, to bootstrap an empty data dir")
 	fs.StringVar(&f.secret, "cluster-secret", "", "shared secret that authenticates peer connections (required; with --peer-tls-* it is checked inside the TLS session, as a second factor)")
 	fs.StringVar(&f.adminToken, "admin-token", "", "bearer token for the admin routes (/cluster/members, /cluster/leadership-transfer, /cluster/state, /cluster/snapshot, /debug/pprof/); empty disables them")
@@ -175,6 +177,12 @@ func serveOptions(args []string, stderr io.Writer, getenv func(string) string) (
 	if err != nil {
 		return nil, nil, &exitError{code: usageExitCode, err: err}
 	}
+	if f.advertiseHTTP != "" {
+		host, _, err := net.SplitHostPort(f.advertiseHTTP)
+		if ip := net.ParseIP(host); err != nil || host == "" || (ip != nil && ip.IsUnspecified()) {
+			return nil, nil, &exitError{code: usageExitCode, err: fmt.Errorf("serve: --advertise-http-addr %q: want host:port with a host clients can dial", f.advertiseHTTP)}
+		}
+	}
 	log, err := newLogger(f.logLevel, f.logFormat, stderr)
 	if err != nil {
 		return nil, nil, &exitError{code: usageExitCode, err: err}
@@ -197,6 +205,7 @@ func serveOptions(args []string, stderr io.Writer, getenv func(string) string) (
 			PresenceTimeout: f.presenceTimeout,
 		},
 		httpAddr:       f.httpAddr,
+		advertiseHTTP:  f.advertiseHTTP,
 		httpTLS:        httpTLS,
 		adminToken:     f.adminToken,
 		wsRate:         f.wsRate,
