@@ -156,6 +156,10 @@ func New(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("log cache: %w", err)
 	}
 	n.logs = logs
+	if err := recoverFromPeersFile(cfg, rc, logs, n.store, snaps, trans, log); err != nil {
+		_ = trans.Close() // New is failing; its error is the one to report
+		return nil, err
+	}
 	n.raft, err = raft.NewRaft(rc, n.fsm, logs, n.store, snaps, trans)
 	if err != nil {
 		return nil, fmt.Errorf("start raft: %w", err)
