@@ -48,6 +48,8 @@ type Node struct {
 	reapMu  sync.Mutex           // guards failing
 	failing map[string]time.Time // peers the leader cannot reach, since when
 
+	restoreMu sync.Mutex // held by the one Restore that may run at a time
+
 	epochKick chan struct{} // asks the epoch loop to announce a new epoch
 
 	api *API // the Keyboardia backend over this node

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/pprof"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -26,7 +27,22 @@ var (
 	// ErrConflict: the node's state rules the request out; repeating it
 	// unchanged fails the same way until something else changes (409).
 	ErrConflict = errors.New("conflict")
+	// ErrLeaderElsewhere: only the leader serves the request, and this node
+	// does not lead. An error that also implements LeaderHint with an address
+	// gets 307 to the same path on the leader; otherwise 503.
+	ErrLeaderElsewhere = errors.New("not the leader")
 )
+
+// LeaderHint is implemented by errors that know the leader's HTTP address
+// (host:port), or "" when it is not known.
+type LeaderHint interface{ LeaderHTTPAddr() string }
+
+// Backup is a backup file ready to stream.
+type Backup struct {
+	Name string        // a file name to suggest to the client
+	Size int64         // bytes of Body
+	Body io.ReadCloser // the file; the handler closes it
+}
 
 // RetryAfterHint is implemented by errors that know when to retry.
 type RetryAfterHint interface{ RetryAfterHint() time.Duration }
@@ -48,6 +64,15 @@ type Cluster interface {
 	// DESIGN.md §7. An error matching ErrConflict means the node has applied
 	// nothing since its last snapshot.
 	ClusterSnapshot(ctx context.Context) (any, error)
+	// ClusterBackup takes a consistent backup of the cluster's state on the
+	// leader (ErrLeaderElsewhere elsewhere). ctx bounds taking it, not
+	// reading Body.
+	ClusterBackup(ctx context.Context) (Backup, error)
+	// ClusterRestore replaces the cluster's state with the backup read from
+	// body and returns a JSON-encodable report; leader only. It fails with
+	// ErrBadRequest for a backup it cannot use and with ErrConflict for a
+	// cluster that holds sessions, unless force, having changed nothing.
+	ClusterRestore(ctx context.Context, body io.Reader, force bool) (any, error)
 }
 
 // AdminConfig configures the cluster routes.
@@ -59,6 +84,13 @@ type AdminConfig struct {
 	Logger     hclog.Logger
 	// Timeout bounds each admin operation. Default 15s.
 	Timeout time.Duration
+	// TransferTimeout bounds a backup download and a restore, from the
+	// request to the last byte of the answer; a restore's body must arrive
+	// within it (408 otherwise). Default 10 minutes.
+	TransferTimeout time.Duration
+	// MaxRestoreBytes bounds a restore's body (413 beyond; the API's 64 KiB
+	// limit does not apply). Default 1 GiB.
+	MaxRestoreBytes int64
 }
 
 // AdminHandler serves these routes on mux (DESIGN.md §7); "token" marks the
@@ -72,6 +104,13 @@ type AdminConfig struct {
 //	POST   /cluster/snapshot             take a raft snapshot of this node, not forwarded (token):
 //	                                     {index, term, pauseMs, persistMs, bytes, maxPauseMs};
 //	                                     409 when nothing was applied since the last one
+//	GET    /cluster/backup               a consistent backup of the cluster's state, from the leader
+//	                                     (token; 307 to the leader from another node)
+//	POST   /cluster/restore[?force=1]    replace the cluster's state with the backup in the body
+//	                                     (token; 307 to the leader): {index, backupIndex, backupTerm,
+//	                                     sessions, replaced, bytes, droppedNodes}; 400 for a backup it
+//	                                     cannot use, 409 when the cluster holds sessions without force,
+//	                                     413 beyond MaxRestoreBytes, 408 for a body slower than TransferTimeout
 //	GET    /debug/pprof/...              Go's runtime profiles (token): profile?seconds=N, heap, goroutine, ...
 //	GET    /healthz, /readyz             the process is up; the node has a leader and has caught up
 //
@@ -83,6 +122,12 @@ func AdminHandler(mux *http.ServeMux, cfg AdminConfig) {
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 15 * time.Second
 	}
+	if cfg.TransferTimeout == 0 {
+		cfg.TransferTimeout = 10 * time.Minute
+	}
+	if cfg.MaxRestoreBytes == 0 {
+		cfg.MaxRestoreBytes = 1 << 30
+	}
 	a := &admin{cfg: cfg, log: cfg.Logger.Named("admin")}
 	mux.HandleFunc("GET /cluster/status", a.status)
 	mux.HandleFunc("POST /cluster/members", a.guard(a.addMember))
@@ -90,6 +135,8 @@ func AdminHandler(mux *http.ServeMux, cfg AdminConfig) {
 	mux.HandleFunc("POST /cluster/leadership-transfer", a.guard(a.transfer))
 	mux.HandleFunc("GET /cluster/state", a.guard(a.state))
 	mux.HandleFunc("POST /cluster/snapshot", a.guard(a.snapshot))
+	mux.HandleFunc("GET /cluster/backup", a.authorized(a.backup))
+	mux.HandleFunc("POST /cluster/restore", a.authorized(a.restore))
 	mux.HandleFunc("GET /debug/pprof/", a.authorized(pprof.Index))
 	mux.HandleFunc("GET /debug/pprof/cmdline", a.authorized(pprof.Cmdline))
 	mux.HandleFunc("GET /debug/pprof/profile", a.authorized(pprof.Profile))
@@ -220,6 +267,112 @@ func (a *admin) snapshot(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, rep)
+}
+
+// backup streams a backup file from the leader. Taking it (read barrier and
+// snapshot) is bounded by Timeout, sending it by TransferTimeout; a failure
+// mid-stream cuts the body short of its Content-Length, which the client sees.
+func (a *admin) backup(w http.ResponseWriter, r *http.Request) {
+	deadline := time.Now().Add(a.cfg.TransferTimeout)
+	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.Timeout)
+	b, err := a.cfg.Cluster.ClusterBackup(ctx)
+	cancel()
+	if err != nil {
+		a.failOnLeader(w, r, "backup", err)
+		return
+	}
+	defer b.Body.Close()
+	_ = http.NewResponseController(w).SetWriteDeadline(deadline) // every server this runs on supports it
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.FormatInt(b.Size, 10))
+	w.Header().Set("Content-Disposition", `attachment; filename="`+b.Name+`"`)
+	w.WriteHeader(http.StatusOK)
+	if n, err := io.Copy(w, b.Body); err != nil {
+		a.log.Warn("backup download cut short", "remote_addr", r.RemoteAddr, "sent", n, "size", b.Size, "error", err)
+	}
+}
+
+// restore hands the request body to the cluster, at most MaxRestoreBytes of
+// it and within TransferTimeout, and tells body errors (413, 408) from
+// errors about the backup.
+func (a *admin) restore(w http.ResponseWriter, r *http.Request) {
+	var force bool
+	if v := r.URL.Query().Get("force"); v != "" {
+		var err error
+		if force, err = strconv.ParseBool(v); err != nil {
+			writeError(w, http.StatusBadRequest, "force: want true or false")
+			return
+		}
+	}
+	if r.ContentLength > a.cfg.MaxRestoreBytes {
+		writeError(w, http.StatusRequestEntityTooLarge, "backup larger than this node accepts ("+strconv.FormatInt(a.cfg.MaxRestoreBytes, 10)+" bytes)")
+		return
+	}
+	deadline := time.Now().Add(a.cfg.TransferTimeout)
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(deadline) // every server this runs on supports it
+	// The answer, a 408 included, goes out after the body's deadline.
+	_ = rc.SetWriteDeadline(deadline.Add(a.cfg.Timeout))
+	ctx, cancel := context.WithDeadline(r.Context(), deadline)
+	defer cancel()
+	body := &bodyReader{r: http.MaxBytesReader(w, r.Body, a.cfg.MaxRestoreBytes)}
+	rep, err := a.cfg.Cluster.ClusterRestore(ctx, body, force)
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		switch {
+		case body.err == nil:
+			a.failOnLeader(w, r, "restore", err)
+		case errors.As(body.err, &tooBig):
+			writeError(w, http.StatusRequestEntityTooLarge, "backup larger than this node accepts ("+strconv.FormatInt(a.cfg.MaxRestoreBytes, 10)+" bytes)")
+		case errors.Is(body.err, os.ErrDeadlineExceeded):
+			writeError(w, http.StatusRequestTimeout, "backup not received within "+a.cfg.TransferTimeout.String())
+		default:
+			writeError(w, http.StatusBadRequest, "reading the backup failed")
+		}
+		return
+	}
+	a.log.Info("backup restored", "remote_addr", r.RemoteAddr, "force", force)
+	writeJSON(w, http.StatusOK, rep)
+}
+
+// bodyReader remembers the first error of the request body other than EOF.
+type bodyReader struct {
+	r   io.Reader
+	err error
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err != nil && err != io.EOF && b.err == nil {
+		b.err = err
+	}
+	return n, err
+}
+
+// failOnLeader is fail for the routes only the leader serves: on another
+// node the request is redirected (307) to the same path on the leader, or
+// refused with 503 while no leader's address is known. A 503 carries the
+// error's text here: after a restore it says what state the cluster is in.
+func (a *admin) failOnLeader(w http.ResponseWriter, r *http.Request, op string, err error) {
+	var hint LeaderHint
+	switch {
+	case errors.Is(err, ErrLeaderElsewhere) && errors.As(err, &hint) && hint.LeaderHTTPAddr() != "":
+		scheme := "http"
+		if r.TLS != nil {
+			scheme = "https"
+		}
+		w.Header().Set("Location", scheme+"://"+hint.LeaderHTTPAddr()+r.URL.RequestURI())
+		writeError(w, http.StatusTemporaryRedirect, err.Error())
+	case errors.Is(err, ErrLeaderElsewhere):
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, op+": "+err.Error())
+	case errors.Is(err, ErrUnavailable) && !errors.Is(err, context.DeadlineExceeded):
+		a.log.Warn("admin operation failed", "op", op, "error", err)
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, op+": "+err.Error())
+	default:
+		a.fail(w, op, err)
+	}
 }
 
 // fail maps an operation's error to a status; clients never see internals
