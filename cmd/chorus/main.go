@@ -32,6 +32,7 @@ Commands:
   members     add or remove a member (admin token)
   leadership  transfer leadership to another voter (admin token)
   tls         tls init: create a CA and node certificates for mutual TLS and HTTPS
+  snapshot    save a backup of the cluster's state, restore one, inspect one (admin token)
   version     print the version
   help        print this help
 
@@ -90,6 +91,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return leadershipCmd(args[1:], stdout, stderr, os.Getenv)
 	case "tls":
 		return tlsCmd(args[1:], stdout, stderr)
+	case "snapshot":
+		return snapshotCmd(args[1:], stdout, stderr, os.Getenv)
 	default:
 		return &exitError{
 			code: usageExitCode,
