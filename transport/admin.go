@@ -78,8 +78,8 @@ type Cluster interface {
 // AdminConfig configures the cluster routes.
 type AdminConfig struct {
 	Cluster Cluster
-	// AdminToken guards the membership, leadership, state and snapshot
-	// routes. Empty disables them.
+	// AdminToken guards the membership, leadership, state, snapshot,
+	// backup, restore and profile routes. Empty disables them.
 	AdminToken string
 	Logger     hclog.Logger
 	// Timeout bounds each admin operation. Default 15s.
@@ -368,8 +368,13 @@ func (a *admin) failOnLeader(w http.ResponseWriter, r *http.Request, op string, 
 		writeError(w, http.StatusServiceUnavailable, op+": "+err.Error())
 	case errors.Is(err, ErrUnavailable) && !errors.Is(err, context.DeadlineExceeded):
 		a.log.Warn("admin operation failed", "op", op, "error", err)
-		w.Header().Set("Retry-After", "1")
-		writeError(w, http.StatusServiceUnavailable, op+": "+err.Error())
+		retry := time.Second
+		var hint RetryAfterHint
+		if errors.As(err, &hint) {
+			retry = hint.RetryAfterHint()
+		}
+		w.Header().Set("Retry-After", strconv.Itoa(max(1, int(retry.Round(time.Second)/time.Second))))
+		writeError(w, http.StatusServiceUnavailable, err.Error())
 	default:
 		a.fail(w, op, err)
 	}

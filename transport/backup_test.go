@@ -165,6 +165,14 @@ func TestBackupRoutes(t *testing.T) {
 	}
 }
 
+// refusingCluster refuses every restore without reading the body, as a
+// node that holds sessions does.
+type refusingCluster struct{ Cluster }
+
+func (refusingCluster) ClusterRestore(context.Context, io.Reader, bool) (any, error) {
+	return nil, errors.Join(ErrConflict, errors.New("the cluster holds 3 sessions"))
+}
+
 // noLeaderCluster knows no leader.
 type noLeaderCluster struct{ Cluster }
 
@@ -195,6 +203,11 @@ func TestRestoreLimits(t *testing.T) {
 	}
 	if _, _, n := c.restores(); n != calls {
 		t.Errorf("an announced oversized body reached the cluster")
+	}
+	// A refusal before the body is read reaches a client still sending one.
+	rsrv := adminServer(t, AdminConfig{Cluster: refusingCluster{}, AdminToken: token})
+	if resp, b := adminDo(t, "POST", rsrv.URL+"/cluster/restore", token, bytes.NewReader(bytes.Repeat(big, 40))); resp.StatusCode != http.StatusConflict || !strings.Contains(string(b), "holds 3 sessions") {
+		t.Errorf("a refused 10 MiB restore: HTTP %d %s, want 409", resp.StatusCode, b)
 	}
 	// Not announced (chunked): cut off at the limit.
 	if resp, b := adminDo(t, "POST", srv.URL+"/cluster/restore", token, io.MultiReader(bytes.NewReader(big))); resp.StatusCode != http.StatusRequestEntityTooLarge {
