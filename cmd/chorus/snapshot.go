@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -37,8 +39,10 @@ restore checks FILE, then sends it to the leader (POST /cluster/restore),
 which checks it again, decodes all of it and only then replaces the state.
 A cluster that holds sessions is refused unless --force. Every node's
 sockets are closed with 1012 and their clients reload; the players the
-backup lists are dropped. Both need the admin token (--admin-token or
-CHORUS_ADMIN_TOKEN).`
+backup lists are dropped. A restore interrupted by a lost leadership may
+have taken effect: run it again with --force (with --force it is retried by
+itself). Both retry a few times while the cluster has no leader, and both
+need the admin token (--admin-token or CHORUS_ADMIN_TOKEN).`
 
 // snapshotCmd runs chorus snapshot save|restore|inspect.
 func snapshotCmd(args []string, stdout, stderr io.Writer, getenv func(string) string) error {
@@ -80,15 +84,15 @@ func snapshotCmd(args []string, stdout, stderr io.Writer, getenv func(string) st
 	defer cancel()
 	switch verb {
 	case "save":
-		return snapshotSave(ctx, o, file, force, stdout)
+		return snapshotSave(ctx, o, file, force, stdout, stderr)
 	case "restore":
-		return snapshotRestore(ctx, o, file, force, stdout)
+		return snapshotRestore(ctx, o, file, force, stdout, stderr)
 	}
 	return snapshotInspect(file, stdout)
 }
 
 // snapshotSave downloads a backup into file through file.tmp.
-func snapshotSave(ctx context.Context, o opsFlags, file string, force bool, stdout io.Writer) error {
+func snapshotSave(ctx context.Context, o opsFlags, file string, force bool, stdout, stderr io.Writer) error {
 	if !force {
 		if _, err := os.Lstat(file); err == nil {
 			return fmt.Errorf("snapshot save: %s exists; --force overwrites it", file)
@@ -96,7 +100,8 @@ func snapshotSave(ctx context.Context, o opsFlags, file string, force bool, stdo
 			return fmt.Errorf("snapshot save: %w", err)
 		}
 	}
-	resp, leader, err := onLeader(ctx, o, func(hc *http.Client, addr string) (*http.Response, error) {
+	always := func(string) bool { return true }
+	resp, leader, err := onLeader(ctx, o, stderr, always, func(hc *http.Client, addr string) (*http.Response, error) {
 		return opsStream(ctx, hc, http.MethodGet, addr, "/cluster/backup", o.token, nil, 0)
 	})
 	if err != nil {
@@ -195,7 +200,7 @@ func decodedSessions(path string, h node.BackupHeader) (int, error) {
 }
 
 // snapshotRestore checks file and sends it to the leader.
-func snapshotRestore(ctx context.Context, o opsFlags, file string, force bool, stdout io.Writer) error {
+func snapshotRestore(ctx context.Context, o opsFlags, file string, force bool, stdout, stderr io.Writer) error {
 	f, err := os.Open(file)
 	if err != nil {
 		return fmt.Errorf("snapshot restore: %w", err)
@@ -213,7 +218,10 @@ func snapshotRestore(ctx context.Context, o opsFlags, file string, force bool, s
 	if force {
 		path += "?force=true"
 	}
-	resp, leader, err := onLeader(ctx, o, func(hc *http.Client, addr string) (*http.Response, error) {
+	// An interrupted restore may have taken effect: again without --force it
+	// would meet the restored sessions (409). The node's message says so.
+	retry := func(msg string) bool { return force || !strings.Contains(msg, "interrupted") }
+	resp, leader, err := onLeader(ctx, o, stderr, retry, func(hc *http.Client, addr string) (*http.Response, error) {
 		return opsStream(ctx, hc, http.MethodPost, addr, path, o.token, io.NewSectionReader(f, 0, size), size)
 	})
 	if err != nil {
@@ -259,18 +267,66 @@ func snapshotInspect(file string, stdout io.Writer) error {
 	return nil
 }
 
+// errNoLeaderKnown: the node asked knows no leader, or not its address.
+var errNoLeaderKnown = errors.New("knows no leader (or not its HTTP address)")
+
+// leaderTries bounds how often onLeader calls the leader.
+const leaderTries = 5
+
 // onLeader finds the leader through --addr's /cluster/status and calls do
-// with its HTTP address. A node that answers 307 (leadership moved) is
-// followed to the leader it names, a few times. It returns the response and
-// the address that gave it.
-func onLeader(ctx context.Context, o opsFlags, do func(hc *http.Client, addr string) (*http.Response, error)) (*http.Response, string, error) {
+// with its HTTP address; do must be safe to call again. While there is no
+// leader, or the leader answers 503 with a message that retry accepts, it
+// tries again (waiting as Retry-After says, within ctx) up to leaderTries
+// times, saying so on stderr. It returns the last response, whose body is
+// still to be read, and the address that gave it.
+func onLeader(ctx context.Context, o opsFlags, stderr io.Writer, retry func(msg string) bool,
+	do func(hc *http.Client, addr string) (*http.Response, error)) (*http.Response, string, error) {
+	for try := 1; ; try++ {
+		resp, addr, err := leaderOnce(ctx, o, do)
+		wait := time.Second
+		switch {
+		case errors.Is(err, errNoLeaderKnown):
+		case err != nil:
+			return nil, "", err
+		case resp.StatusCode != http.StatusServiceUnavailable:
+			return resp, addr, nil
+		default:
+			b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10)) // a short read leaves a shorter message
+			resp.Body.Close()
+			resp.Body = io.NopCloser(bytes.NewReader(b))
+			msg := errorText(b)
+			if !retry(msg) || try == leaderTries {
+				return resp, addr, nil
+			}
+			if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s > 0 {
+				wait = min(time.Duration(s)*time.Second, 10*time.Second)
+			}
+			err = fmt.Errorf("%s: HTTP 503: %s", addr, msg)
+		}
+		if try == leaderTries {
+			return nil, "", err
+		}
+		fmt.Fprintf(stderr, "%v; trying again in %v\n", err, wait)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, "", fmt.Errorf("%w (last: %v)", ctx.Err(), err)
+		case <-t.C:
+		}
+	}
+}
+
+// leaderOnce finds the leader through --addr and calls do with its address,
+// following a 307 (leadership moved) to the leader it names, a few times.
+func leaderOnce(ctx context.Context, o opsFlags, do func(hc *http.Client, addr string) (*http.Response, error)) (*http.Response, string, error) {
 	st, err := fetchStatus(ctx, &http.Client{Timeout: 5 * time.Second}, o.addr)
 	if err != nil {
 		return nil, "", err
 	}
 	addr := st.Leader.HTTPAddr
 	if addr == "" {
-		return nil, "", fmt.Errorf("%s knows no leader (or not its HTTP address); try again, or see chorus status", o.addr)
+		return nil, "", fmt.Errorf("%s %w; see chorus status", o.addr, errNoLeaderKnown)
 	}
 	hc := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	defer hc.CloseIdleConnections()
@@ -314,10 +370,14 @@ func opsStream(ctx context.Context, hc *http.Client, method, addr, path, token s
 // httpError turns a non-2xx answer into an error with the node's message.
 func httpError(resp *http.Response, addr string) error {
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10)) // the status alone still says enough
+	return fmt.Errorf("%s %s via %s: HTTP %d: %s", resp.Request.Method, resp.Request.URL.Path, addr, resp.StatusCode, errorText(b))
+}
+
+// errorText is the message of an error body: its "error", or the body.
+func errorText(b []byte) string {
 	var e struct{ Error string }
-	msg := strings.TrimSpace(string(b))
 	if json.Unmarshal(b, &e) == nil && e.Error != "" {
-		msg = e.Error
+		return e.Error
 	}
-	return fmt.Errorf("%s %s via %s: HTTP %d: %s", resp.Request.Method, resp.Request.URL.Path, addr, resp.StatusCode, msg)
+	return strings.TrimSpace(string(b))
 }

@@ -3,18 +3,22 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -442,5 +446,88 @@ func TestSnapshotCommandLines(t *testing.T) {
 	out, code, err := runOps(t, "snapshot", "-h")
 	if code != 0 || !strings.Contains(out, "chorus snapshot save") {
 		t.Errorf("snapshot -h: exit %d, %v\n%s", code, err, out)
+	}
+}
+
+// TestSnapshotRestoreRetries: against a node that answers 503 a few times,
+// restore tries again; a restore interrupted after it may have taken effect
+// is tried again only with --force, and otherwise says to use it.
+func TestSnapshotRestoreRetries(t *testing.T) {
+	// A valid backup file of an empty state.
+	var payload bytes.Buffer
+	if err := fsm.NewState().WriteSnapshot(&payload); err != nil {
+		t.Fatal(err)
+	}
+	h := node.BackupHeader{Version: node.BackupVersion, Index: 7, Term: 2, FSMVersion: fsm.SnapshotVersion, Length: uint64(payload.Len()), SHA256: sha256.Sum256(payload.Bytes())}
+	hb, _ := h.MarshalBinary()
+	file := filepath.Join(t.TempDir(), "empty.backup")
+	if err := os.WriteFile(file, append(hb, payload.Bytes()...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	var mu sync.Mutex // guards answers, bodies
+	var answers []string
+	var bodies [][]byte
+	ln, err := net.Listen("tcp", "127.0.0.70:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /cluster/status", func(w http.ResponseWriter, _ *http.Request) {
+		_ = json.NewEncoder(w).Encode(node.Status{ID: "n1", State: "leader", Leader: node.Leader{ID: "n1", HTTPAddr: addr}})
+	})
+	mux.HandleFunc("POST /cluster/restore", func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		bodies = append(bodies, b)
+		answer := answers[0]
+		answers = answers[1:]
+		mu.Unlock()
+		if answer == "ok" {
+			_ = json.NewEncoder(w).Encode(node.RestoreReport{Index: 9, BackupIndex: 7, BackupTerm: 2})
+			return
+		}
+		w.Header().Set("Retry-After", "1")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_ = json.NewEncoder(w).Encode(map[string]string{"error": answer})
+	})
+	srv := httptest.NewUnstartedServer(mux)
+	srv.Listener = ln
+	srv.Start()
+	defer srv.Close()
+
+	for _, tt := range []struct {
+		name    string
+		force   bool
+		answers []string
+		calls   int
+		wantOK  bool
+		wantErr string
+	}{
+		{"no leader, then done", false, []string{"no leader", "no leader", "ok"}, 3, true, ""},
+		{"interrupted", false, []string{"restore interrupted; the cluster may or may not hold the backup now, so restore it again with force", "ok"}, 1, false, "restore it again with force"},
+		{"interrupted, forced", true, []string{"restore interrupted; ...", "ok"}, 2, true, ""},
+		{"no leader for good", false, []string{"no leader", "no leader", "no leader", "no leader", "no leader"}, 5, false, "HTTP 503: no leader"},
+	} {
+		mu.Lock()
+		answers, bodies = tt.answers, nil
+		mu.Unlock()
+		args := []string{"snapshot", "restore", "--addr", addr, "--admin-token", "x", file}
+		if tt.force {
+			args = append(args[:2], append([]string{"--force"}, args[2:]...)...)
+		}
+		out, code, err := runOps(t, args...)
+		mu.Lock()
+		calls, got := len(bodies), bodies
+		mu.Unlock()
+		if calls != tt.calls || (code == 0) != tt.wantOK || (err != nil && !strings.Contains(err.Error(), tt.wantErr)) {
+			t.Errorf("%s: exit %d, %v, %d calls; want ok %v, %d calls\n%s", tt.name, code, err, calls, tt.wantOK, tt.calls, out)
+		}
+		for _, b := range got {
+			if !bytes.Equal(b, append(hb, payload.Bytes()...)) {
+				t.Errorf("%s: a try sent %d bytes, not the whole file", tt.name, len(b))
+			}
+		}
 	}
 }
