@@ -515,7 +515,7 @@ func presencePlan(restored *fsm.State, members []string, cur map[string]incarnat
 	}
 	slices.Sort(ids)
 	var plan []fsm.Command
-	var about []string
+	about := []string{}
 	for _, id := range ids {
 		epoch, reaped := restored.NodeEpoch(id)
 		c, isMember := cur[id]

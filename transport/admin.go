@@ -269,12 +269,13 @@ func (a *admin) snapshot(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, rep)
 }
 
-// backup streams a backup file from the leader. Taking it (read barrier and
-// snapshot) is bounded by Timeout, sending it by TransferTimeout; a failure
-// mid-stream cuts the body short of its Content-Length, which the client sees.
+// backup streams a backup file from the leader. Taking it (read barrier,
+// snapshot, a copy of a state's size) and sending it are bounded together by
+// TransferTimeout; a failure mid-stream cuts the body short of its
+// Content-Length, which the client sees.
 func (a *admin) backup(w http.ResponseWriter, r *http.Request) {
 	deadline := time.Now().Add(a.cfg.TransferTimeout)
-	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.Timeout)
+	ctx, cancel := context.WithDeadline(r.Context(), deadline)
 	b, err := a.cfg.Cluster.ClusterBackup(ctx)
 	cancel()
 	if err != nil {
