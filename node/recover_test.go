@@ -59,6 +59,9 @@ func TestPeersFileRecovery(t *testing.T) {
 		joinPlayer(t, ctx, leader, sessionID(i), playerID(i))
 		submit(t, ctx, leader, toggleStep(sessionID(i), playerID(i), i), fsm.StatusOK)
 	}
+	// A player whose socket was on n3.
+	n3 := c.Members[2].Node()
+	joinPlayer(t, ctx, n3, sessionID(0), playerID(30))
 	waitSameState(t, c, waitLong)
 	want := sessionHashes(c.Members[0].Node())
 
@@ -87,6 +90,25 @@ func TestPeersFileRecovery(t *testing.T) {
 		t.Fatalf("after the recovery n1 holds %v, want %v", got, want)
 	}
 	res := createSession(t, ctx, n1, sessionID(10))
+
+	// n3's player outlives it: n3 is no member, so nothing reaps it. Removing
+	// the id that is not coming back as it was drops it.
+	hasPlayer := func() bool {
+		var found bool
+		n1.View(func(st *fsm.State, _ uint64) {
+			_, found = st.Session(sessionID(0)).Player(playerID(30))
+		})
+		return found
+	}
+	if !hasPlayer() {
+		t.Fatal("n3's player is gone before n3 was removed")
+	}
+	if err := n1.RemoveMember(ctx, "n3"); err != nil {
+		t.Fatalf("remove n3 after the recovery: %v", err)
+	}
+	if hasPlayer() {
+		t.Fatal("n3's player is still listed after n3 was removed")
+	}
 
 	// Two fresh machines take the lost nodes' places.
 	for _, i := range []int{1, 2} {
