@@ -12,7 +12,7 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func TestRun(t *testing.T) {
-	subcommands := []string{"serve", "dev", "chaos", "bench", "status", "members", "leadership", "tls", "version", "help"}
+	subcommands := []string{"serve", "dev", "chaos", "bench", "status", "members", "leadership", "tls", "snapshot", "version", "help"}
 	tests := []struct {
 		name       string
 		args       []string

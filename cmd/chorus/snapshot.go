@@ -70,15 +70,20 @@ func snapshotCmd(args []string, stdout, stderr io.Writer, getenv func(string) st
 		}
 		flags.BoolVar(&force, "force", false, help)
 	}
-	if help, err := parseCommand(flags, args[1:], getenv, "chorus snapshot "+verb+" [flags] FILE", snapshotAbout); help || err != nil {
+	if help, err := parseCommand(flags, args[1:], opsEnv(getenv), "chorus snapshot "+verb+" [flags] FILE", snapshotAbout); help || err != nil {
 		return err
 	}
 	if flags.NArg() != 1 || flags.Arg(0) == "" {
 		return &exitError{code: usageExitCode, err: fmt.Errorf("snapshot %s: want exactly one FILE", verb)}
 	}
 	file := flags.Arg(0)
-	if verb != "inspect" && o.token == "" {
-		return &exitError{code: usageExitCode, err: errors.New("the admin routes need the admin token: --admin-token or CHORUS_ADMIN_TOKEN")}
+	if verb != "inspect" {
+		if o.token == "" {
+			return &exitError{code: usageExitCode, err: errors.New("the admin routes need the admin token: --admin-token or CHORUS_ADMIN_TOKEN")}
+		}
+		if err := o.prepare(); err != nil {
+			return err
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
@@ -320,15 +325,16 @@ func onLeader(ctx context.Context, o opsFlags, stderr io.Writer, retry func(msg 
 // leaderOnce finds the leader through --addr and calls do with its address,
 // following a 307 (leadership moved) to the leader it names, a few times.
 func leaderOnce(ctx context.Context, o opsFlags, do func(hc *http.Client, addr string) (*http.Response, error)) (*http.Response, string, error) {
-	st, err := fetchStatus(ctx, &http.Client{Timeout: 5 * time.Second}, o.addr)
+	st, err := fetchStatus(ctx, o.client(5*time.Second), o.addr)
 	if err != nil {
 		return nil, "", err
 	}
-	addr := st.Leader.HTTPAddr
-	if addr == "" {
+	if st.Leader.HTTPAddr == "" {
 		return nil, "", fmt.Errorf("%s %w; see chorus status", o.addr, errNoLeaderKnown)
 	}
-	hc := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	addr := o.memberURL(st.Leader.HTTPAddr)
+	hc := o.client(0) // the transfer is bounded by ctx
+	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	defer hc.CloseIdleConnections()
 	for range 3 {
 		resp, err := do(hc, addr)
@@ -343,15 +349,16 @@ func leaderOnce(ctx context.Context, o opsFlags, do func(hc *http.Client, addr s
 		if err != nil || u.Host == "" {
 			return nil, "", fmt.Errorf("%s redirected to %q, not a node", addr, resp.Header.Get("Location"))
 		}
-		addr = u.Host
+		addr = o.memberURL(u.Host) // every node serves the scheme of --addr
 	}
 	return nil, "", errors.New("leadership keeps moving; try again")
 }
 
-// opsStream sends a request whose body, when not nil, is streamed (size
-// bytes) and returns the response for the caller to read and close.
-func opsStream(ctx context.Context, hc *http.Client, method, addr, path, token string, body io.Reader, size int64) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, method, "http://"+addr+path, nil)
+// opsStream sends a request to the node at base (a URL with its scheme)
+// whose body, when not nil, is streamed (size bytes) and returns the
+// response for the caller to read and close.
+func opsStream(ctx context.Context, hc *http.Client, method, base, path, token string, body io.Reader, size int64) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, base+path, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -362,7 +369,7 @@ func opsStream(ctx context.Context, hc *http.Client, method, addr, path, token s
 	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := hc.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", method, addr, err)
+		return nil, fmt.Errorf("%s %s: %w", method, base, err)
 	}
 	return resp, nil
 }

@@ -495,6 +495,13 @@ func TestServeHTTPS(t *testing.T) {
 	if out, code, err := runOps(t, "members", "remove", "--addr", base, "--ca-cert", ca, "--admin-token", "tok", "n9"); code != 0 {
 		t.Fatalf("members remove over HTTPS: exit %d, %v\n%s", code, err, out)
 	}
+	backup := filepath.Join(t.TempDir(), "backup.chorus")
+	if out, code, err := runOps(t, "snapshot", "save", "--addr", base, "--ca-cert", ca, "--admin-token", "tok", backup); code != 0 {
+		t.Fatalf("snapshot save over HTTPS: exit %d, %v\n%s", code, err, out)
+	}
+	if out, code, err := runOps(t, "snapshot", "inspect", backup); code != 0 {
+		t.Fatalf("snapshot inspect of the HTTPS backup: exit %d, %v\n%s", code, err, out)
+	}
 	if _, code, err := runOps(t, "status", "--addr", base); code != exitCode || !strings.Contains(err.Error(), "certificate") {
 		t.Fatalf("status without --ca-cert: exit %d, %v", code, err)
 	}
