@@ -226,6 +226,7 @@ func propCheckInvariants(tb propTB, s *State, oversized propOversized) {
 // and no node with none.
 func propCheckNodeIndex(tb propTB, s *State) {
 	tb.Helper()
+	owners := map[string]bool{}
 	for i, sh := range s.shards {
 		want := map[string]map[string]struct{}{}
 		for id, sess := range sh.m {
@@ -237,10 +238,20 @@ func propCheckNodeIndex(tb propTB, s *State) {
 					want[p.Node] = map[string]struct{}{}
 				}
 				want[p.Node][id] = struct{}{}
+				owners[p.Node] = true
 			}
 		}
 		if !maps.EqualFunc(sh.byNode, want, maps.Equal) {
 			tb.Fatalf("shard %d: node index %v, sessions with players per node %v", i, sh.byNode, want)
+		}
+	}
+	// PlayerNodes and HasPlayersOn, read from the index, agree with the walk.
+	if got, want := s.PlayerNodes(), slices.Sorted(maps.Keys(owners)); !slices.Equal(got, want) {
+		tb.Fatalf("PlayerNodes() = %v, the sessions have players on %v", got, want)
+	}
+	for _, node := range []string{"n1", "n2", "n3", "n4", ""} {
+		if got := s.HasPlayersOn(node); got != owners[node] {
+			tb.Fatalf("HasPlayersOn(%q) = %v, want %v", node, got, owners[node])
 		}
 	}
 }

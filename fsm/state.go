@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"maps"
+	"slices"
 	"sort"
 )
 
@@ -114,6 +115,30 @@ func (s *State) SessionIDs() []string {
 func (s *State) NodeEpoch(node string) (epoch uint64, reaped bool) {
 	ns := s.nodes[node]
 	return ns.epoch, ns.reaped
+}
+
+// HasPlayersOn reports whether any session has a player on node. It reads
+// the shards' index, not the sessions.
+func (s *State) HasPlayersOn(node string) bool {
+	for _, sh := range s.shards {
+		if len(sh.byNode[node]) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// PlayerNodes returns, sorted, every node that has a player in some session.
+func (s *State) PlayerNodes() []string {
+	var out []string
+	for _, sh := range s.shards {
+		for node := range sh.byNode {
+			if i, found := slices.BinarySearch(out, node); !found {
+				out = slices.Insert(out, i, node)
+			}
+		}
+	}
+	return out
 }
 
 // NodeHTTPAddr returns the client address a node announced with its latest

@@ -218,7 +218,7 @@ func (n *Node) reapRemoved(ctx context.Context, id string) {
 	n.fsm.view(func(st *fsm.State, _ uint64) {
 		var reaped bool
 		epoch, reaped = st.NodeEpoch(id)
-		owns = !reaped && ownsPlayers(st, id)
+		owns = !reaped && st.HasPlayersOn(id)
 	})
 	if !owns {
 		return

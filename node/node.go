@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -421,7 +422,10 @@ func (n *Node) observe(o raft.Observation) {
 }
 
 // reap commits reap_node for every peer that the leader has not reached for
-// PresenceTimeout and that still owns players.
+// PresenceTimeout and that still owns players, and for every node that owns
+// players but is not a member: a node lost to a peers.json recovery, or one
+// of another cluster's nodes in a restored backup. Nothing else would ever
+// drop their players, which hold seats in their sessions.
 func (n *Node) reap(ctx context.Context) {
 	if n.cfg.PresenceTimeout < 0 || n.raft.State() != raft.Leader {
 		return
@@ -435,12 +439,29 @@ func (n *Node) reap(ctx context.Context) {
 		}
 	}
 	n.reapMu.Unlock()
+	if f := n.raft.GetConfiguration(); f.Error() == nil {
+		// The latest configuration, committed or not: a node being added
+		// is a member from the moment its entry is appended, before it
+		// can have players.
+		members := map[string]bool{}
+		for _, s := range f.Configuration().Servers {
+			members[string(s.ID)] = true
+		}
+		n.fsm.view(func(st *fsm.State, _ uint64) {
+			for _, id := range st.PlayerNodes() {
+				if !members[id] && !slices.Contains(due, id) {
+					n.log.Warn("players of a node that is not a member", "peer_id", id)
+					due = append(due, id)
+				}
+			}
+		})
+	}
 	for _, id := range due {
 		var epoch uint64
 		var owns, reaped bool
 		n.fsm.view(func(st *fsm.State, _ uint64) {
 			epoch, reaped = st.NodeEpoch(id)
-			owns = !reaped && ownsPlayers(st, id)
+			owns = !reaped && st.HasPlayersOn(id)
 		})
 		if !owns {
 			continue
@@ -452,20 +473,10 @@ func (n *Node) reap(ctx context.Context) {
 			n.log.Warn("reap failed", "peer_id", id, "error", err)
 			continue
 		}
-		n.log.Warn("reaped players of unreachable node", "peer_id", id, "epoch", epoch, "status", res.Status)
+		n.log.Warn("reaped players of node", "peer_id", id, "epoch", epoch, "status", res.Status)
 	}
 }
 
-func ownsPlayers(st *fsm.State, node string) bool {
-	for _, id := range st.SessionIDs() {
-		for _, p := range st.Session(id).Players() {
-			if p.Node == node {
-				return true
-			}
-		}
-	}
-	return false
-}
 
 // checkReaped runs after every applied batch: when the leader has reaped this
 // incarnation, the node announces a fresh epoch so its new joins are accepted.
