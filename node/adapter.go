@@ -19,8 +19,9 @@ import (
 // Snapshot and Restore on its one FSM goroutine; Persist of a snapshot runs
 // concurrently with later applies, on a copy-on-write clone.
 type adapter struct {
-	log hclog.Logger
-	hub *hub
+	log     hclog.Logger
+	hub     *hub
+	metrics *Metrics // set before raft starts (Node.instrument); read-only after
 
 	mu    sync.RWMutex // guards state and index
 	state *fsm.State
@@ -62,7 +63,7 @@ var (
 )
 
 func newAdapter(log hclog.Logger, h *hub) *adapter {
-	return &adapter{log: log, hub: h, state: fsm.NewState(), advance: make(chan struct{})}
+	return &adapter{log: log, hub: h, metrics: nopMetrics(), state: fsm.NewState(), advance: make(chan struct{})}
 }
 
 // Apply applies one entry. Raft uses ApplyBatch instead; Apply serves single entries.
@@ -76,8 +77,10 @@ type applied struct {
 }
 
 // ApplyBatch applies committed entries in order. An entry that does not decode
-// means this build cannot follow the log: it panics rather than diverge.
+// means this build cannot follow the log: it panics rather than diverge. It
+// records its own duration, per batch.
 func (a *adapter) ApplyBatch(logs []*raft.Log) []interface{} {
+	start := time.Now()
 	out := make([]interface{}, len(logs))
 	cmds := make([]fsm.Command, len(logs))
 	for i, l := range logs {
@@ -112,6 +115,7 @@ func (a *adapter) ApplyBatch(logs []*raft.Log) []interface{} {
 	if a.onApplied != nil {
 		a.onApplied(last)
 	}
+	a.metrics.apply.Observe(since(start))
 	return out
 }
 
@@ -178,6 +182,7 @@ func (a *adapter) clone() *fsm.State {
 // dropped: what it had seen may no longer be a prefix of the new state.
 func (a *adapter) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
+	start := time.Now()
 	st, err := fsm.ReadSnapshot(rc)
 	if err != nil {
 		return fmt.Errorf("restore snapshot: %w", err)
@@ -192,6 +197,7 @@ func (a *adapter) Restore(rc io.ReadCloser) error {
 	storeMax(&a.snapIndex, index) // raft restores only from a snapshot in its store
 	a.hub.endAll(ErrResync)
 	a.setApplied(index)
+	a.metrics.restore.Observe(since(start))
 	a.log.Info("restored state from snapshot", "index", st.Index(), "sessions", st.Len())
 	return nil
 }
@@ -240,6 +246,8 @@ func (s *snapshot) Persist(sink raft.SnapshotSink) error {
 	}
 	st := &snapshotStats{id: sink.ID(), index: s.index, pause: s.pause, persist: time.Since(start), bytes: w.n}
 	s.a.persisted.Store(st)
+	s.a.metrics.persist.Observe(st.persist.Seconds())
+	s.a.metrics.snapBytes.Observe(float64(st.bytes))
 	storeMax(&s.a.snapIndex, s.index) // Restore may have moved it meanwhile (an install from the leader)
 	s.a.log.Debug("snapshot persisted", "snapshot_id", st.id, "index", st.index, "pause", st.pause, "persist", st.persist, "bytes", st.bytes)
 	return nil

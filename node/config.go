@@ -78,6 +78,10 @@ type Config struct {
 	// negative disables reaping.
 	PresenceTimeout time.Duration
 
+	// Metrics records the write path's figures (NewMetrics; the caller
+	// registers it). Default: none are kept.
+	Metrics *Metrics
+
 	// Faults, when set, injects link faults between nodes (tests only).
 	Faults *transport.Faults
 }
@@ -92,6 +96,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.Metrics == nil {
+		c.Metrics = nopMetrics()
 	}
 	def := func(d *time.Duration, v time.Duration) {
 		if *d == 0 {

@@ -146,8 +146,9 @@ func (s *Subscription) deliver(d *Delivery) bool {
 // hub fans applied events out to this node's subscribers. publish runs on the
 // raft apply goroutine and never blocks.
 type hub struct {
-	log   hclog.Logger
-	queue int // the most deliveries a subscriber may have waiting
+	log     hclog.Logger
+	queue   int      // the most deliveries a subscriber may have waiting
+	metrics *Metrics // set before raft starts (Node.instrument); read-only after
 
 	mu    sync.RWMutex // guards subs, final
 	subs  map[string]map[*Subscription]struct{}
@@ -155,7 +156,7 @@ type hub struct {
 }
 
 func newHub(log hclog.Logger, queue int) *hub {
-	return &hub{log: log, queue: queue, subs: map[string]map[*Subscription]struct{}{}}
+	return &hub{log: log, queue: queue, metrics: nopMetrics(), subs: map[string]map[*Subscription]struct{}{}}
 }
 
 // add registers a subscriber for session whose snapshot reflects index after.
@@ -214,6 +215,7 @@ func (h *hub) publish(index uint64, events []fsm.Event) {
 func (h *hub) drop(dropped []*Subscription) {
 	for _, s := range dropped {
 		h.log.Warn("dropping slow subscriber", "session_id", s.Session, "queued", h.queue)
+		h.metrics.slowDropped.Inc()
 		h.remove(s)
 	}
 }

@@ -95,6 +95,7 @@ func New(cfg Config) (*Node, error) {
 	n.fsm = newAdapter(log.Named("fsm"), n.hub)
 	n.fsm.onApplied = n.checkReaped
 	n.fsm.halt = n.halt
+	n.instrument()
 	n.api = newAPI(n)
 
 	ok := false

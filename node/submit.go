@@ -72,11 +72,16 @@ func (n *Node) Submit(ctx context.Context, c fsm.Command) (fsm.Result, error) {
 		return fsm.Result{}, fmt.Errorf("%w: %d bytes (max %d)", ErrTooLarge, len(data), MaxEntryBytes)
 	}
 	var res fsm.Result
+	var path submitPath
+	start := time.Now()
 	err = n.retry(ctx, func(ctx context.Context) error {
 		var err error
-		res, err = n.submitOnce(ctx, data)
+		res, path, err = n.submitOnce(ctx, data)
 		return err
 	})
+	if err == nil {
+		n.cfg.Metrics.submit[path].Observe(since(start))
+	}
 	return res, err
 }
 
@@ -119,34 +124,39 @@ func (n *Node) retry(ctx context.Context, op func(context.Context) error) error 
 			return fmt.Errorf("%w (last attempt: %v)", ctx.Err(), err)
 		case <-t.C:
 		}
+		n.cfg.Metrics.retries[retryReasonOf(err)].Inc()
 		backoff = min(backoff*2, 100*time.Millisecond)
 	}
 }
 
-func (n *Node) submitOnce(ctx context.Context, data []byte) (fsm.Result, error) {
+// submitOnce makes one attempt, and reports where: on this node, which
+// leads, or forwarded to the leader.
+func (n *Node) submitOnce(ctx context.Context, data []byte) (fsm.Result, submitPath, error) {
 	if n.closed() {
-		return fsm.Result{}, ErrShutdown
+		return fsm.Result{}, pathLocal, ErrShutdown
 	}
 	moved := n.leaderMoved.Load().ctx // before the leader is read, so no change slips between
 	addr, id := n.raft.LeaderWithID()
 	switch {
 	case id == "":
-		return fsm.Result{}, errNoLeaderNow
+		return fsm.Result{}, pathLocal, errNoLeaderNow
 	case string(id) == n.cfg.ID:
-		return n.applyLocal(ctx, data)
+		res, err := n.applyLocal(ctx, data)
+		return res, pathLocal, err
 	}
 	resp, err := n.callLeader(ctx, string(addr), rpcForward, data, moved)
+	n.cfg.Metrics.forwarded(forwardCommand, err, ctx, moved)
 	if err != nil {
-		return fsm.Result{}, n.rpcErr(err)
+		return fsm.Result{}, pathForwarded, n.rpcErr(err)
 	}
 	res, err := decodeResult(resp)
 	if err != nil {
-		return fsm.Result{}, err
+		return fsm.Result{}, pathForwarded, err
 	}
 	if err := n.fsm.waitApplied(ctx, res.Index); err != nil {
-		return fsm.Result{}, err
+		return fsm.Result{}, pathForwarded, err
 	}
-	return res, nil
+	return res, pathForwarded, nil
 }
 
 // callLeader calls method on the leader at addr. The attempt ends early when
@@ -163,12 +173,15 @@ func (n *Node) callLeader(ctx context.Context, addr string, method uint8, data [
 }
 
 // applyLocal proposes on this node, which must lead. The future resolves
-// after the local FSM applied the entry.
+// after the local FSM applied the entry; the time until then is the commit
+// latency.
 func (n *Node) applyLocal(ctx context.Context, data []byte) (fsm.Result, error) {
+	start := time.Now()
 	f := n.raft.Apply(data, n.cfg.ApplyTimeout)
 	if err := n.await(ctx, f); err != nil {
 		return fsm.Result{}, raftErr(err)
 	}
+	n.cfg.Metrics.commit.Observe(since(start))
 	res, ok := f.Response().(fsm.Result)
 	if !ok {
 		return fsm.Result{}, fmt.Errorf("apply: unexpected response %T", f.Response())
@@ -259,6 +272,7 @@ func (n *Node) readIndex(ctx context.Context) (uint64, error) {
 		return n.leaderReadIndex(ctx)
 	}
 	resp, err := n.callLeader(ctx, string(addr), rpcReadIdx, nil, moved)
+	n.cfg.Metrics.forwarded(forwardReadIndex, err, ctx, moved)
 	if err != nil {
 		return 0, n.rpcErr(err)
 	}
