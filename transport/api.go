@@ -55,6 +55,9 @@ type APIConfig struct {
 	// PingInterval sends protocol pings for liveness; a socket that does not
 	// answer within the interval is closed. Default 30s; negative disables.
 	PingInterval time.Duration
+	// Metrics counts messages, write timeouts and refusals (NewMetrics; the
+	// caller registers it). Default: none are kept.
+	Metrics *Metrics
 }
 
 // API serves the Keyboardia routes (PROTOCOL.md §1) and the WebSocket (§3, §4).
@@ -96,6 +99,9 @@ func NewAPI(cfg APIConfig) *API {
 	}
 	if cfg.PingInterval == 0 {
 		cfg.PingInterval = 30 * time.Second
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = nopMetrics()
 	}
 	return &API{
 		cfg: cfg, log: cfg.Logger.Named("api"),
@@ -254,6 +260,7 @@ func clientIP(r *http.Request) string {
 
 func (a *API) create(w http.ResponseWriter, r *http.Request) {
 	if retry, ok := a.rate.allow(clientIP(r), a.cfg.Now()); !ok {
+		a.cfg.Metrics.createLimited.Inc()
 		secs := strconv.Itoa(retry)
 		w.Header().Set("Retry-After", secs)
 		w.Header().Set("X-RateLimit-Remaining", "0")

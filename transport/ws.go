@@ -133,6 +133,7 @@ func (a *API) serveWS(w http.ResponseWriter, r *http.Request, id string) {
 	}
 	ip := clientIP(r)
 	if !a.reserveConn(ip) {
+		a.cfg.Metrics.connCap.Inc()
 		a.log.Warn("websocket refused: too many connections from one address", "remote_addr", r.RemoteAddr, "max", a.cfg.MaxConnsPerIP)
 		setCORS(w.Header())
 		w.Header().Set("Retry-After", "10")
@@ -327,10 +328,19 @@ func (s *socket) close(code websocket.StatusCode, reason string) {
 	})
 }
 
+// write sends one frame within WriteTimeout, and counts it by type.
 func (s *socket) write(ctx context.Context, frame []byte) error {
 	wctx, cancel := context.WithTimeout(ctx, s.api.cfg.WriteTimeout)
 	defer cancel()
-	return s.conn.Write(wctx, websocket.MessageText, frame)
+	m := s.api.cfg.Metrics
+	if err := s.conn.Write(wctx, websocket.MessageText, frame); err != nil {
+		if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+			m.writeTimeouts.Inc()
+		}
+		return err
+	}
+	m.sent[sentType(frame)].Inc()
+	return nil
 }
 
 func (s *socket) run() {
@@ -464,6 +474,7 @@ func utf16Len(b []byte) int {
 
 func (s *socket) readLoop(ctx context.Context) error {
 	a := s.api
+	m := a.cfg.Metrics
 	for {
 		typ, data, err := s.conn.Read(ctx)
 		if err != nil {
@@ -474,6 +485,7 @@ func (s *socket) readLoop(ctx context.Context) error {
 			size = utf16Len(data)
 		}
 		if size > a.cfg.MaxBody {
+			m.received[recvTooLarge].Inc()
 			if err := s.write(ctx, []byte(frameTooLarge)); err != nil {
 				return err
 			}
@@ -481,6 +493,7 @@ func (s *socket) readLoop(ctx context.Context) error {
 		}
 		s.player.Touch()
 		if a.cfg.WSRate > 0 && !s.bucket.take(a.cfg.Now()) {
+			m.rateLimited.Inc()
 			now := a.cfg.Now()
 			if !s.warned.IsZero() && now.Sub(s.warned) < 5*time.Second {
 				return errRateLimited
@@ -492,6 +505,7 @@ func (s *socket) readLoop(ctx context.Context) error {
 			continue
 		}
 		if typ == websocket.MessageText && string(data) == "ping" {
+			m.received[recvPing].Inc()
 			if err := s.write(ctx, []byte("pong")); err != nil {
 				return err
 			}
@@ -499,11 +513,13 @@ func (s *socket) readLoop(ctx context.Context) error {
 		}
 		t, seq, err := decodeFrame(data)
 		if errors.Is(err, errBadJSON) {
+			m.received[recvInvalid].Inc()
 			if err := s.write(ctx, []byte(frameBadJSON)); err != nil {
 				return err
 			}
 			continue
 		}
+		m.received[receivedType(t)].Inc() // "" is unknown
 		if t == "" {
 			continue
 		}
