@@ -11,16 +11,17 @@ import (
 	"chorus/transport"
 )
 
-// metricsHandler serves GET /metrics: the node's raft state and indexes,
-// its sockets and sessions, its snapshot pauses, and Go's process and
-// runtime metrics. Every figure is read when Prometheus scrapes; nothing on
-// the write path is counted here.
-func metricsHandler(n *node.Node, api *transport.API) http.Handler {
+// metricsHandler serves GET /metrics from a registry of the node's own:
+// its raft state and indexes, sockets, sessions and snapshot pauses, read
+// when Prometheus scrapes; what the node and its API record on the write
+// path (nm, tm); and Go's process and runtime metrics.
+func metricsHandler(n *node.Node, api *transport.API, nm *node.Metrics, tm *transport.Metrics) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&nodeCollector{n: n, api: api},
+		nm, tm,
 	)
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
 }

@@ -64,6 +64,8 @@ func startNode(log hclog.Logger, o nodeOptions) (*running, error) {
 		// ReadHeaderTimeout, and answers plain HTTP with a 400.
 		ln = tls.NewListener(ln, o.httpTLS)
 	}
+	nm, tm := node.NewMetrics(), transport.NewMetrics() // this node's own: no global registry
+	o.cfg.Metrics = nm
 	n, err := node.New(o.cfg)
 	if err != nil {
 		ln.Close()
@@ -71,11 +73,11 @@ func startNode(log hclog.Logger, o nodeOptions) (*running, error) {
 	}
 	api := transport.NewAPI(transport.APIConfig{
 		Backend: n.API(), Logger: log, CreateRate: o.createRate, WSRate: o.wsRate, MaxConnsPerIP: o.maxConnsPerIP,
-		AllowedOrigins: o.allowedOrigins, Static: static,
+		AllowedOrigins: o.allowedOrigins, Static: static, Metrics: tm,
 	})
 	mux := http.NewServeMux()
 	transport.AdminHandler(mux, transport.AdminConfig{Cluster: n, AdminToken: o.adminToken, Logger: log})
-	mux.Handle("GET /metrics", metricsHandler(n, api))
+	mux.Handle("GET /metrics", metricsHandler(n, api, nm, tm))
 	mux.Handle("/", api)
 	r := &running{
 		log: log, node: n, api: api, served: make(chan error, 1), addr: ln.Addr().String(),
