@@ -334,7 +334,10 @@ func (s *socket) write(ctx context.Context, frame []byte) error {
 	defer cancel()
 	m := s.api.cfg.Metrics
 	if err := s.conn.Write(wctx, websocket.MessageText, frame); err != nil {
-		if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+		// Only WriteTimeout ends wctx with DeadlineExceeded: the socket's
+		// context has no deadline. (That context may be cancelled by now:
+		// the timeout closed the connection under the reader too.)
+		if errors.Is(err, context.DeadlineExceeded) {
 			m.writeTimeouts.Inc()
 		}
 		return err
