@@ -207,8 +207,9 @@ func (n *Node) instrument() {
 	n.hub.metrics = n.cfg.Metrics
 }
 
-// forwarded counts one forwarded request by how it ended. moved is the
-// leader view the call was made under.
+// forwarded counts one forwarded request by how it ended: err is what
+// callLeader returned, ctx the request's context, moved the leader view the
+// call was made under.
 func (m *Metrics) forwarded(rpc forwardRPC, err error, ctx, moved context.Context) {
 	m.forwards[rpc][forwardOutcomeOf(err, ctx, moved)].Inc()
 }
