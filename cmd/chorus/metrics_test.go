@@ -710,6 +710,14 @@ func TestMetricsCluster(t *testing.T) {
 		return fs.total("chorus_forward_requests_total") - fs.value("chorus_forward_requests_total", "rpc", "command", "outcome", "ok") -
 			fs.value("chorus_forward_requests_total", "rpc", "read_index", "outcome", "ok")
 	}
+	leader = c.WaitLeader(metricsWait) // it may have moved under the load above
+	follower = (leader + 1) % 3
+	testcluster.Eventually(t, metricsWait, func() error {
+		if got := c.Members[follower].Node().Status().Leader.ID; got != c.Members[leader].ID {
+			return fmt.Errorf("%s sees leader %q, want %s", c.Members[follower].ID, got, c.Members[leader].ID)
+		}
+		return nil
+	})
 	before = metricsOf(follower)
 	c.Isolate(leader)
 	id2 := createSession(t, hc, c.Members[follower].HTTPAddr)
