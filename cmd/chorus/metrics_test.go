@@ -293,21 +293,9 @@ func createSession(t *testing.T, hc *http.Client, addr string) string {
 	t.Helper()
 	var id string
 	testcluster.Eventually(t, metricsWait, func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		b, code, err := testcluster.HTTPDo(ctx, hc, http.MethodPost, "http://"+addr+"/api/sessions", "", []byte(`{"state":`+metricsSession+`}`))
-		if err != nil {
-			return err
-		}
-		if code != http.StatusCreated {
-			return fmt.Errorf("create a session: HTTP %d %s", code, b)
-		}
-		var resp struct{ ID string }
-		if err := json.Unmarshal(b, &resp); err != nil {
-			return err
-		}
-		id = resp.ID
-		return nil
+		var err error
+		id, err = postSession(hc, "http://"+addr, `{"state":`+metricsSession+`}`)
+		return err
 	})
 	return id
 }

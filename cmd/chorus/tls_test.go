@@ -384,9 +384,9 @@ func httpsClient(t *testing.T, caFile string, forceH2 bool) *http.Client {
 	return hc
 }
 
-// createSession creates a session through base and returns its id.
-func createSession(hc *http.Client, base string) (string, error) {
-	resp, err := hc.Post(base+"/api/sessions", "application/json", strings.NewReader(`{}`))
+// postSession creates a session with body through base (a URL) and returns its id.
+func postSession(hc *http.Client, base, body string) (string, error) {
+	resp, err := hc.Post(base+"/api/sessions", "application/json", strings.NewReader(body))
 	if err != nil {
 		return "", err
 	}
@@ -424,7 +424,7 @@ func TestServeHTTPS(t *testing.T) {
 	var id string
 	testcluster.Eventually(t, 15*time.Second, func() error { // once the node leads
 		var err error
-		id, err = createSession(hc, base)
+		id, err = postSession(hc, base, `{}`)
 		return err
 	})
 	resp, err := hc.Get(base + "/cluster/status")
@@ -607,7 +607,7 @@ func TestPeerMutualTLSCluster(t *testing.T) {
 	var id string
 	testcluster.Eventually(t, 15*time.Second, func() error {
 		var err error
-		id, err = createSession(hc, "https://"+follower.addr)
+		id, err = postSession(hc, "https://"+follower.addr, `{}`)
 		return err
 	})
 	testcluster.Eventually(t, 15*time.Second, func() error {
@@ -657,7 +657,7 @@ func TestPeerMutualTLSCluster(t *testing.T) {
 		return nil
 	})
 	// Meanwhile the cluster commits, and n4 gets nothing: no leader, an empty log.
-	if _, err := createSession(hc, base); err != nil {
+	if _, err := postSession(hc, base, `{}`); err != nil {
 		t.Fatal(err)
 	}
 	plain := &http.Client{Timeout: 5 * time.Second}
@@ -692,7 +692,7 @@ func TestPeerMutualTLSCluster(t *testing.T) {
 		}
 		return nil
 	})
-	if _, err := createSession(hc, base); err != nil {
+	if _, err := postSession(hc, base, `{}`); err != nil {
 		t.Fatal(err)
 	}
 }
