@@ -103,7 +103,7 @@ const (
 var retryReasonNames = [numRetryReasons]string{"no_leader", "not_leader", "leader_changed", "failed"}
 
 // NewMetrics makes a node's metrics, ready to register with a prometheus
-// registry (it is a prometheus.Collector). Give each node its own.
+// registry through Collectors. Give each node its own.
 func NewMetrics() *Metrics {
 	m := &Metrics{}
 	submit := prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -185,19 +185,8 @@ func nopMetrics() *Metrics {
 	return m
 }
 
-// Describe implements prometheus.Collector.
-func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, c := range m.collectors {
-		c.Describe(ch)
-	}
-}
-
-// Collect implements prometheus.Collector.
-func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
-	for _, c := range m.collectors {
-		c.Collect(ch)
-	}
-}
+// Collectors returns the metrics, to register with a prometheus registry.
+func (m *Metrics) Collectors() []prometheus.Collector { return m.collectors }
 
 // instrument hands the node's metrics to the parts that record on raft's
 // goroutines. New calls it before raft starts: raft restores the latest

@@ -86,7 +86,7 @@ func TestMetricsOffAndTwoNodes(t *testing.T) {
 	for range 2 {
 		reg := prometheus.NewRegistry()
 		m := NewMetrics()
-		reg.MustRegister(m)
+		reg.MustRegister(m.Collectors()...)
 		if n := testing.AllocsPerRun(100, func() {
 			m.submit[pathForwarded].Observe(0.001)
 			m.forwards[forwardCommand][outcomeOK].Inc()

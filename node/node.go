@@ -478,7 +478,6 @@ func (n *Node) reap(ctx context.Context) {
 	}
 }
 
-
 // checkReaped runs after every applied batch: when the leader has reaped this
 // incarnation, the node announces a fresh epoch so its new joins are accepted.
 func (n *Node) checkReaped(uint64) {

@@ -201,7 +201,7 @@ func sentType(frame []byte) int {
 }
 
 // NewMetrics makes the client API's metrics, ready to register with a
-// prometheus registry (it is a prometheus.Collector). Give each API its own.
+// prometheus registry through Collectors. Give each API its own.
 func NewMetrics() *Metrics {
 	m := &Metrics{}
 	received := prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -254,16 +254,5 @@ func nopMetrics() *Metrics {
 	return m
 }
 
-// Describe implements prometheus.Collector.
-func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, c := range m.collectors {
-		c.Describe(ch)
-	}
-}
-
-// Collect implements prometheus.Collector.
-func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
-	for _, c := range m.collectors {
-		c.Collect(ch)
-	}
-}
+// Collectors returns the metrics, to register with a prometheus registry.
+func (m *Metrics) Collectors() []prometheus.Collector { return m.collectors }

@@ -80,7 +80,7 @@ func TestMetricsNoAlloc(t *testing.T) {
 		}
 	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(NewMetrics()) // a second API's metrics, in a registry of their own
+	reg.MustRegister(NewMetrics().Collectors()...) // a second API's metrics, in a registry of their own
 	if _, err := reg.Gather(); err != nil {
 		t.Fatal(err)
 	}

@@ -21,8 +21,9 @@ func metricsHandler(n *node.Node, api *transport.API, nm *node.Metrics, tm *tran
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&nodeCollector{n: n, api: api},
-		nm, tm,
 	)
+	reg.MustRegister(nm.Collectors()...)
+	reg.MustRegister(tm.Collectors()...)
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
 }
 

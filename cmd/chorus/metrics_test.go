@@ -577,7 +577,8 @@ func TestMetricsCluster(t *testing.T) {
 	var regs [3]*prometheus.Registry
 	for i := range regs {
 		nm[i], tm[i], regs[i] = node.NewMetrics(), transport.NewMetrics(), prometheus.NewRegistry()
-		regs[i].MustRegister(nm[i], tm[i])
+		regs[i].MustRegister(nm[i].Collectors()...)
+		regs[i].MustRegister(tm[i].Collectors()...)
 	}
 	c := testcluster.New(t, testcluster.Options{
 		FirstIP: metricsClusterIP, HTTP: true,
