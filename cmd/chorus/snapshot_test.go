@@ -249,16 +249,26 @@ func TestSnapshotSaveRestore(t *testing.T) {
 	if code != http.StatusUnauthorized {
 		t.Fatalf("backup without a token: HTTP %d %s", code, body)
 	}
-	req, _ := http.NewRequest(http.MethodGet, "http://"+srcFollower+"/cluster/backup", nil)
-	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := (&http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}).Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if loc := resp.Header.Get("Location"); resp.StatusCode != http.StatusTemporaryRedirect || loc != src.Members[srcLeader].URL()+"/cluster/backup" {
-		t.Fatalf("backup on a follower: HTTP %d to %q, want 307 to the leader", resp.StatusCode, loc)
-	}
+	// Asked again if leadership moves meanwhile (a loaded machine can miss
+	// a heartbeat): the redirect must name the leader of the moment.
+	testcluster.Eventually(t, 20*time.Second, func() error {
+		leader, err := src.LeaderIndex()
+		if err != nil {
+			return err
+		}
+		follower := src.Members[(leader+1)%3]
+		req, _ := http.NewRequest(http.MethodGet, follower.URL()+"/cluster/backup", nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := (&http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}).Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if loc := resp.Header.Get("Location"); resp.StatusCode != http.StatusTemporaryRedirect || loc != src.Members[leader].URL()+"/cluster/backup" {
+			return fmt.Errorf("backup on follower %s: HTTP %d to %q, want 307 to the leader %s", follower.ID, resp.StatusCode, loc, src.Members[leader].ID)
+		}
+		return nil
+	})
 
 	// A damaged file and a wrong token change nothing.
 	var before bytes.Buffer
