@@ -156,6 +156,35 @@ func holdPort(ip string) (net.Listener, error) {
 	return ln, nil
 }
 
+// AddNode adds a node that is not a member yet: the next id (n4 after a
+// cluster of three) on the next loopback address, with free ports. It is not
+// started; StartFresh starts it without --peers, waiting to be added (a new
+// machine that replaces a dead one). It returns the node's index. Not safe
+// for use concurrently with the other methods.
+func (p *Procs) AddNode() (int, error) {
+	i := len(p.Nodes)
+	ip := "127.0.0." + strconv.Itoa(p.opts.FirstIP+i)
+	hl, err := holdPort(ip)
+	if err != nil {
+		return 0, err
+	}
+	defer hl.Close()
+	pl, err := holdPort(ip)
+	if err != nil {
+		return 0, err
+	}
+	defer pl.Close()
+	id := "n" + strconv.Itoa(i+1)
+	p.Nodes = append(p.Nodes, &Proc{
+		Index: i, ID: id,
+		HTTPAddr: hl.Addr().String(),
+		PeerAddr: pl.Addr().String(),
+		DataDir:  filepath.Join(p.opts.Dir, id),
+		LogPath:  filepath.Join(p.opts.Dir, id+".log"),
+	})
+	return i, nil
+}
+
 // exited returns an error with the tail of the node's log if its process has
 // ended by itself, else nil.
 func (p *Procs) exited(i int) error {
