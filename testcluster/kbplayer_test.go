@@ -48,6 +48,10 @@ const (
 	// kbSnapTimeout bounds the wait for an asked-for snapshot on an open
 	// socket: request_snapshot is always answered (DESIGN.md §4).
 	kbSnapTimeout = 10 * time.Second
+	// kbMaxInFlight bounds a page's unacknowledged edits on its socket: a
+	// person's edits are sparse, and the load stays within what a loaded
+	// machine's nodes can take.
+	kbMaxInFlight = 4
 	kbTracks      = 4
 	kbSteps       = 16
 )
@@ -270,7 +274,8 @@ type kbStats struct {
 }
 
 // kbPlayer is one simulated Keyboardia page. Its op loop (run) owns the
-// fields up to mu; a reader goroutine per socket handles the server's frames.
+// fields from node to attempt; a reader goroutine per socket handles the
+// server's frames.
 type kbPlayer struct {
 	id      int
 	session string
@@ -278,7 +283,7 @@ type kbPlayer struct {
 	// sticky players reconnect to the node they were on, which comes back;
 	// the others to the next node, as a browser behind a load balancer would.
 	sticky bool
-	think  time.Duration // the longest pause between two edits
+	think  time.Duration // the mean pause between two edits
 	rec    *kbRecorder
 	rng    *rand.Rand
 	hc     *http.Client
@@ -291,6 +296,13 @@ type kbPlayer struct {
 
 	gaveUp atomic.Bool // after kbMaxAttempts failed attempts in a row
 
+	// wmu serialises the page's writes (edits from the op loop, snapshot
+	// requests from the reader), so that the order of two messages on the
+	// wire is known: writes numbers them. It is held across the write,
+	// which is what it is for.
+	wmu    sync.Mutex
+	writes uint64
+
 	connected atomic.Bool  // a socket is open and has joined
 	ackedN    atomic.Int64 // acknowledged edits
 
@@ -300,7 +312,9 @@ type kbPlayer struct {
 	view       map[string]string     // the session as this page shows it
 	ids        map[string]bool       // every playerId this page has had
 	snapAsked  time.Time             // when an unanswered request_snapshot went out
+	snapAskedW uint64                // its write number
 	pending    map[uint64]*kbPending // edits sent and not yet acknowledged, by clientSeq
+	folded     []check.Op            // edits folded into a snapshot instead of acknowledged
 	problems   []string              // whatever would make a user reload the page
 	stats      kbStats
 }
@@ -308,10 +322,9 @@ type kbPlayer struct {
 // kbPending is an edit sent and not yet acknowledged.
 type kbPending struct {
 	op   check.Op
-	conn int // the socket it went out on
-	// covered: a snapshot arrived after it was sent, which may hold the
-	// edit in place of its broadcast.
-	covered bool
+	conn int       // the socket it went out on
+	w    uint64    // its write number
+	sent time.Time // when its frame had been written; zero if the write failed
 }
 
 // kbConn is one socket of a player.
@@ -339,21 +352,21 @@ func (p *kbPlayer) String() string {
 	return "player " + strconv.Itoa(p.id) + " (" + kind + ")"
 }
 
-// problem records something that would make a user reload the page. The
-// caller holds p.mu.
+// problem records something that would make a user reload the page.
 func (p *kbPlayer) problem(format string, args ...any) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.problemLocked(format, args...)
+}
+
+// problemLocked is problem for a caller that holds p.mu.
+func (p *kbPlayer) problemLocked(format string, args ...any) {
 	p.problems = append(p.problems, time.Now().Format("15:04:05.000")+" "+fmt.Sprintf(format, args...))
 }
 
-func (p *kbPlayer) problemf(format string, args ...any) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.problem(format, args...)
-}
-
-// run edits until ctx ends, reconnecting as the page would. An edit in
-// flight when ctx ends still runs to its acknowledgement. The socket stays
-// open afterwards; close closes it.
+// run edits until ctx ends, reconnecting as the page would. The socket
+// stays open afterwards: kbLoad.stop waits for the edits still in flight,
+// close closes it.
 func (p *kbPlayer) run(ctx context.Context) {
 	opCtx := context.WithoutCancel(ctx)
 	for ctx.Err() == nil && !p.gaveUp.Load() {
@@ -370,12 +383,17 @@ func (p *kbPlayer) run(ctx context.Context) {
 				continue
 			}
 		}
-		p.edit(opCtx)
+		p.mu.Lock()
+		busy := p.inFlight(p.conn) >= kbMaxInFlight
+		p.mu.Unlock()
+		if !busy {
+			p.edit(opCtx)
+		}
 		p.checkPending()
 		p.mu.Lock()
 		if !p.snapAsked.IsZero() && time.Since(p.snapAsked) > kbSnapTimeout {
-			p.problem("request_snapshot unanswered for %v on an open socket", kbSnapTimeout)
-			p.snapAsked = time.Time{}
+			p.problemLocked("request_snapshot unanswered for %v on an open socket", kbSnapTimeout)
+			p.snapAsked, p.snapAskedW = time.Time{}, 0
 		}
 		p.mu.Unlock()
 		Hold(ctx, p.think/2+time.Duration(p.rng.Int64N(int64(p.think))))
@@ -415,7 +433,7 @@ func (p *kbPlayer) connect(ctx context.Context) bool {
 	defer p.mu.Unlock()
 	p.stats.failedDials++
 	if p.attempt >= kbMaxAttempts {
-		p.problem("gave up after %d failed attempts, the last to n%d: %v (single-player mode; only a reload reconnects)", p.attempt, p.node+1, err)
+		p.problemLocked("gave up after %d failed attempts, the last to n%d: %v (single-player mode; only a reload reconnects)", p.attempt, p.node+1, err)
 		p.gaveUp.Store(true)
 	}
 	return false
@@ -441,7 +459,7 @@ func (p *kbPlayer) dial(ctx context.Context) error {
 		// connection or answers 503 (429: too many sockets from one
 		// address). Anything else is an answer the page cannot get past.
 		if resp != nil && resp.StatusCode != http.StatusServiceUnavailable && resp.StatusCode != http.StatusTooManyRequests {
-			p.problemf("n%d refused the socket with HTTP %d", p.node+1, resp.StatusCode)
+			p.problem("n%d refused the socket with HTTP %d", p.node+1, resp.StatusCode)
 		}
 		return fmt.Errorf("dial n%d: %w", p.node+1, err)
 	}
@@ -491,22 +509,35 @@ func (p *kbPlayer) read(ctx context.Context, c *kbConn) {
 		}
 		var f kbFrame
 		if err := json.Unmarshal(data, &f); err != nil {
-			p.problemf("%s sent a frame that does not parse: %v", node, err)
+			p.problem("%s sent a frame that does not parse: %v", node, err)
 			continue
 		}
 		if ask := p.handle(c, &f, &joined, now); ask {
-			wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			// The envelope's seq is the page's own counter; the op loop owns
 			// it, so this message goes without one, as a state_hash does.
-			err := c.ws.Write(wctx, websocket.MessageText, []byte(`{"type":"request_snapshot"}`))
-			cancel()
+			err := p.send(ctx, c, `{"type":"request_snapshot"}`, func(w uint64) { p.snapAskedW = w })
 			if err != nil {
 				p.mu.Lock()
-				p.snapAsked = time.Time{} // the socket is going; the next one starts afresh
+				p.snapAsked, p.snapAskedW = time.Time{}, 0 // the socket is going; the next one starts afresh
 				p.mu.Unlock()
 			}
 		}
 	}
+}
+
+// send writes msg on c as the page's next write. mark runs with the
+// write's number under p.mu before the write, so that an answer can never
+// come before the number is known.
+func (p *kbPlayer) send(ctx context.Context, c *kbConn, msg string, mark func(w uint64)) error {
+	p.wmu.Lock()
+	defer p.wmu.Unlock()
+	p.writes++
+	p.mu.Lock()
+	mark(p.writes)
+	p.mu.Unlock()
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	return c.ws.Write(wctx, websocket.MessageText, []byte(msg))
 }
 
 // handle applies one frame to the page's view, settles the page's edit it
@@ -519,7 +550,7 @@ func (p *kbPlayer) handle(c *kbConn, f *kbFrame, joined *bool, now time.Time) (a
 	d := check.Delivery{Client: p.id, Conn: c.n, Node: node, Session: p.session, Seq: f.Seq, PrevSeq: f.PrevSeq,
 		Type: f.Type, PlayerID: f.PlayerID, ClientSeq: f.ClientSeq, At: now}
 	if !*joined && f.Type != "snapshot" && f.Type != "resume" {
-		p.problem("%s: the first frame of socket %d is a %s", node, c.n, f.Type)
+		p.problemLocked("%s: the first frame of socket %d is a %s", node, c.n, f.Type)
 	}
 	switch {
 	case f.Type == "snapshot":
@@ -533,20 +564,18 @@ func (p *kbPlayer) handle(c *kbConn, f *kbFrame, joined *bool, now time.Time) (a
 		} else {
 			p.stats.answered++
 		}
-		p.snapAsked = time.Time{}
-		for _, pe := range p.pending {
-			pe.covered = true
-		}
+		p.fold(c, p.snapAskedW)
+		p.snapAsked, p.snapAskedW = time.Time{}, 0
 		switch {
 		case f.SnapshotTimestamp < p.lastSnapTS:
 			// The client ignores such a snapshot (PROTOCOL.md §4.3).
-			p.problem("%s: snapshotTimestamp went back from %d to %d", node, p.lastSnapTS, f.SnapshotTimestamp)
+			p.problemLocked("%s: snapshotTimestamp went back from %d to %d", node, p.lastSnapTS, f.SnapshotTimestamp)
 		case f.Seq < p.lastSeq:
-			p.problem("%s: a snapshot at seq %d after seq %d: the page would go back in time", node, f.Seq, p.lastSeq)
+			p.problemLocked("%s: a snapshot at seq %d after seq %d: the page would go back in time", node, f.Seq, p.lastSeq)
 		default:
 			regs, err := kbRegisters(f.State)
 			if err != nil {
-				p.problem("%s: snapshot: %v", node, err)
+				p.problemLocked("%s: snapshot: %v", node, err)
 				break
 			}
 			p.view, p.lastSeq, p.lastSnapTS = regs, f.Seq, f.SnapshotTimestamp
@@ -555,14 +584,14 @@ func (p *kbPlayer) handle(c *kbConn, f *kbFrame, joined *bool, now time.Time) (a
 		p.rec.delivery(d)
 	case f.Type == "resume":
 		if *joined {
-			p.problem("%s: a resume frame on a joined socket", node)
+			p.problemLocked("%s: a resume frame on a joined socket", node)
 			break
 		}
 		*joined = true
 		p.ids[f.PlayerID] = true
 		p.stats.resumes++
 		if f.Since != p.lastSeq {
-			p.problem("%s: resumed from seq %d, but the page asked for %d", node, f.Since, p.lastSeq)
+			p.problemLocked("%s: resumed from seq %d, but the page asked for %d", node, f.Since, p.lastSeq)
 		}
 		c.first <- f.PlayerID
 	case f.Seq > 0:
@@ -571,11 +600,11 @@ func (p *kbPlayer) handle(c *kbConn, f *kbFrame, joined *bool, now time.Time) (a
 		}
 		p.rec.delivery(d)
 		if f.Seq <= p.lastSeq {
-			p.problem("%s: %s seq %d after seq %d: seq went back or repeated", node, f.Type, f.Seq, p.lastSeq)
+			p.problemLocked("%s: %s seq %d after seq %d: seq went back or repeated", node, f.Type, f.Seq, p.lastSeq)
 			break
 		}
 		if f.PrevSeq > p.lastSeq {
-			p.problem("%s: %s seq %d follows prevSeq %d, but the page last saw seq %d: broadcasts were skipped", node, f.Type, f.Seq, f.PrevSeq, p.lastSeq)
+			p.problemLocked("%s: %s seq %d follows prevSeq %d, but the page last saw seq %d: broadcasts were skipped", node, f.Type, f.Seq, f.PrevSeq, p.lastSeq)
 		}
 		// The Keyboardia client's rule: a jump of more than 3 asks for a
 		// snapshot; one request at a time.
@@ -586,7 +615,7 @@ func (p *kbPlayer) handle(c *kbConn, f *kbFrame, joined *bool, now time.Time) (a
 		p.lastSeq = f.Seq
 		key, value, err := f.register()
 		if err != nil {
-			p.problem("%s: %v", node, err)
+			p.problemLocked("%s: %v", node, err)
 			break
 		}
 		if p.view != nil {
@@ -596,7 +625,7 @@ func (p *kbPlayer) handle(c *kbConn, f *kbFrame, joined *bool, now time.Time) (a
 			p.acked(f, value, now)
 		}
 	case f.Type == "error":
-		p.problem("%s: error frame %q", node, f.Message)
+		p.problemLocked("%s: error frame %q", node, f.Message)
 	}
 	return ask
 }
@@ -614,9 +643,9 @@ func (p *kbPlayer) ended(c *kbConn, err error, now time.Time) {
 	p.connected.Store(false)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.snapAsked = time.Time{}
+	p.snapAsked, p.snapAskedW = time.Time{}, 0
 	if !c.asked.Load() && !kbAllowedClose[code] {
-		p.problem("n%d closed socket %d with code %d (%v)", c.node+1, c.n, code, err)
+		p.problemLocked("n%d closed socket %d with code %d (%v)", c.node+1, c.n, code, err)
 	}
 }
 
@@ -647,15 +676,52 @@ func (p *kbPlayer) edit(ctx context.Context) {
 	}
 	p.mu.Lock()
 	ackSeq := p.lastSeq
-	p.pending[cs] = &kbPending{op: check.Op{Client: p.id, Session: p.session, Kind: kind, Key: key, Value: value,
+	pe := &kbPending{op: check.Op{Client: p.id, Session: p.session, Kind: kind, Key: key, Value: value,
 		OpID: "p" + strconv.Itoa(p.id) + "-" + strconv.FormatUint(cs, 10), Invoke: time.Now(), PlayerID: c.player, ClientSeq: cs},
 		conn: c.n}
+	p.pending[cs] = pe
 	p.mu.Unlock()
-	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	err := p.send(ctx, c, msg+`,"seq":`+strconv.FormatUint(cs, 10)+`,"ack":`+strconv.FormatUint(ackSeq, 10)+`}`,
+		func(w uint64) { pe.w = w })
 	// An error means the socket is ending, and the reader sees that; the
 	// edit may have gone out before, so it stays pending.
-	_ = c.ws.Write(wctx, websocket.MessageText, []byte(msg+`,"seq":`+strconv.FormatUint(cs, 10)+`,"ack":`+strconv.FormatUint(ackSeq, 10)+`}`))
-	cancel()
+	if err == nil {
+		p.mu.Lock()
+		pe.sent = time.Now()
+		p.mu.Unlock()
+	}
+}
+
+// inFlight counts the page's unacknowledged edits on socket c. The caller
+// holds p.mu.
+func (p *kbPlayer) inFlight(c *kbConn) int {
+	n := 0
+	for _, pe := range p.pending {
+		if pe.conn == c.n {
+			n++
+		}
+	}
+	return n
+}
+
+// fold settles the edits that went out on c before the request_snapshot
+// that a snapshot answers, the page's write number asked: the node handles
+// a socket's messages in order, and applies an edit before it takes the
+// next message, so the snapshot holds each of them. Their broadcast has
+// either come already or been left out for the snapshot (the node skips
+// what a snapshot it sent holds), which is why the page cannot tell the
+// edit's seq. The caller holds p.mu.
+func (p *kbPlayer) fold(c *kbConn, asked uint64) {
+	if asked == 0 {
+		return
+	}
+	for _, cs := range slices.Sorted(maps.Keys(p.pending)) {
+		pe := p.pending[cs]
+		if pe.conn == c.n && pe.w != 0 && pe.w < asked {
+			delete(p.pending, cs)
+			p.folded = append(p.folded, pe.op)
+		}
+	}
 }
 
 // acked settles a pending edit with its broadcast. The caller holds p.mu.
@@ -672,20 +738,17 @@ func (p *kbPlayer) acked(f *kbFrame, value string, now time.Time) {
 }
 
 // checkPending reports an edit that an open socket has neither
-// acknowledged within kbAckTimeout nor folded into a snapshot. The node
-// handles a socket's messages in order, each within 10 s, and answers each
-// mutation with its broadcast; only a snapshot it sends afterwards may take
-// the broadcast's place (the page's state then has the edit, but the page
-// cannot tell).
+// acknowledged within kbAckTimeout nor folded into a snapshot (see fold).
+// The node handles a socket's messages in order, each within 10 s.
 func (p *kbPlayer) checkPending() {
 	c := p.conn
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for cs, pe := range p.pending {
-		if c == nil || pe.conn != c.n || pe.covered || time.Since(pe.op.Invoke) < kbAckTimeout {
+		if c == nil || pe.conn != c.n || pe.sent.IsZero() || time.Since(pe.sent) < kbAckTimeout {
 			continue
 		}
-		p.problem("n%d did not acknowledge clientSeq %d within %v on an open socket", c.node+1, cs, kbAckTimeout)
+		p.problemLocked("n%d did not acknowledge clientSeq %d within %v on an open socket", c.node+1, cs, kbAckTimeout)
 		delete(p.pending, cs)
 		o := pe.op
 		o.Outcome, o.Complete = check.Unknown, time.Now()
@@ -693,18 +756,43 @@ func (p *kbPlayer) checkPending() {
 	}
 }
 
-// finish records the edits still pending as unknown: they may have been
-// applied (their broadcast folded into a snapshot, or lost with a socket)
-// or not. Call it once the pages have converged.
+// finish records the edits without an acknowledgement as unknown: those
+// folded into a snapshot were applied, at a seq the page does not know;
+// those still pending went out on a socket that ended, and may or may not
+// have been. Call it once the pages have converged.
 func (p *kbPlayer) finish() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, cs := range slices.Sorted(maps.Keys(p.pending)) {
-		o := p.pending[cs].op
+		p.folded = append(p.folded, p.pending[cs].op)
+	}
+	clear(p.pending)
+	for _, o := range p.folded {
 		o.Outcome, o.Complete = check.Unknown, time.Now()
 		p.rec.op(o)
 	}
-	clear(p.pending)
+	p.folded = nil
+}
+
+// settled reports whether every edit sent on the page's current socket is
+// acknowledged or folded into a snapshot. Call it after run has returned.
+func (p *kbPlayer) settled() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c := p.conn
+	if c == nil || !p.connected.Load() {
+		return nil // its edits can no longer be answered; the checks see it is not connected
+	}
+	var in []string
+	for _, cs := range slices.Sorted(maps.Keys(p.pending)) {
+		if pe := p.pending[cs]; pe.conn == c.n {
+			in = append(in, fmt.Sprintf("%s (clientSeq %d, sent %s)", pe.op.Kind, cs, pe.sent.Format("15:04:05.000")))
+		}
+	}
+	if len(in) > 0 {
+		return fmt.Errorf("%v has edits in flight on socket %d to n%d (player %s): %s", p, c.n, c.node+1, c.player, strings.Join(in, ", "))
+	}
+	return nil
 }
 
 // close closes the page's socket with 1000, as a page that is left does,
@@ -750,20 +838,29 @@ func startKBLoad(ctx context.Context, players []*kbPlayer) *kbLoad {
 	return l
 }
 
-// stop ends the edits and waits for every player to finish its last one;
-// the sockets stay open.
-func (l *kbLoad) stop() {
+// stop ends the edits, and waits until every edit sent on an open socket
+// is acknowledged or folded into a snapshot, so that the nodes have no
+// edit left to apply; the sockets stay open.
+func (l *kbLoad) stop() error {
 	if l.stopped {
-		return
+		return nil
 	}
 	l.stopped = true
 	l.cancel()
 	l.wg.Wait()
+	return Poll(30*time.Second, func() error {
+		for _, p := range l.players {
+			if err := p.settled(); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // close stops the load and closes every socket.
 func (l *kbLoad) close() {
-	l.stop()
+	_ = l.stop() // at cleanup: only the sockets matter now
 	for _, p := range l.players {
 		p.close()
 	}
@@ -808,10 +905,16 @@ type kbFinal struct {
 	nodes []check.NodeState
 }
 
-// kbSettle waits until the nodes have applied the same index and hold
-// byte-identical FSM state (I4), with the same state hash of each session
-// by each node's own account, and returns that state.
-func kbSettle(ctx context.Context, p *Procs, hc *http.Client, nodes []int, sessions []string) (kbFinal, error) {
+// kbSettle waits until the nodes have applied the same index, at least
+// the highest seq a page has seen, and hold byte-identical FSM state (I4),
+// with the same state hash of each session by each node's own account, and
+// returns that state.
+func kbSettle(ctx context.Context, p *Procs, hc *http.Client, nodes []int, sessions []string, players []*kbPlayer) (kbFinal, error) {
+	var seen uint64
+	for _, pl := range players {
+		_, seq, _, _ := pl.snapshot()
+		seen = max(seen, seq)
+	}
 	type nodeState struct {
 		raw    []byte
 		hashes map[string]string
@@ -860,6 +963,9 @@ func kbSettle(ctx context.Context, p *Procs, hc *http.Client, nodes []int, sessi
 				return fmt.Errorf("%s moved on from index %d to %d while it was read", p.Nodes[i].ID, before.AppliedIndex, after.AppliedIndex)
 			}
 			states[k] = nodeState{raw, hashes, after.AppliedIndex}
+		}
+		if st, err := fsm.ReadSnapshot(bytes.NewReader(states[0].raw)); err != nil || st.Index() < seen {
+			return fmt.Errorf("%s's state is at index %v, but a page has seen seq %d (%v)", p.Nodes[nodes[0]].ID, st.Index(), seen, err)
 		}
 		ref := states[0]
 		for k, st := range states {
@@ -997,6 +1103,22 @@ func kbDiff(view, server map[string]string) string {
 		return "(no difference)"
 	}
 	return strings.Join(out, "; ")
+}
+
+// logNodeTails logs the end of every node's log when the test has failed.
+func logNodeTails(t *testing.T, p *Procs) {
+	if !t.Failed() {
+		return
+	}
+	for _, n := range p.Nodes {
+		b, err := os.ReadFile(n.LogPath)
+		if err != nil {
+			t.Logf("%s: %v", n.ID, err)
+			continue
+		}
+		lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+		t.Logf("the last lines of %s's log:\n%s", n.ID, strings.Join(lines[max(0, len(lines)-25):], "\n"))
+	}
 }
 
 // kbSeed is the seed of a randomised test: TESTCLUSTER_SEED, else the clock.

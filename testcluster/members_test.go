@@ -43,6 +43,7 @@ func TestReplaceDeadNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(p.Close)
+	t.Cleanup(func() { logNodeTails(t, p) })
 	tr := &http.Transport{MaxIdleConnsPerHost: 16}
 	t.Cleanup(tr.CloseIdleConnections)
 	hc := &http.Client{Transport: tr}
@@ -164,8 +165,9 @@ func TestReplaceDeadNode(t *testing.T) {
 	if gap > 10*time.Second {
 		t.Errorf("no edit was acknowledged for %v during the replacement", gap)
 	}
-	load.stop()
-	load4.stop()
+	if err := errors.Join(load.stop(), load4.stop()); err != nil {
+		t.Fatalf("the last edits: %v", err)
+	}
 
 	// Quiet: every member's lag goes to 0.
 	Eventually(t, 20*time.Second, func() error {
@@ -174,11 +176,11 @@ func TestReplaceDeadNode(t *testing.T) {
 		return err
 	})
 	t.Logf("chorus status once the edits stopped:\n%s", table)
-	final, err := kbSettle(ctx, p, hc, []int{0, 1, fresh}, sessions)
+	all := append(slices.Clone(players), late...)
+	final, err := kbSettle(ctx, p, hc, []int{0, 1, fresh}, sessions, all)
 	if err != nil {
 		t.Fatalf("n4 did not converge with n1 and n2: %v", err)
 	}
-	all := append(slices.Clone(players), late...)
 	logKBStats(t, rec, all)
 	checkKBHistory(t, rec, all, final)
 }

@@ -53,6 +53,7 @@ func TestRollingRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(p.Close)
+	t.Cleanup(func() { logNodeTails(t, p) })
 	tr := &http.Transport{MaxIdleConnsPerHost: 16}
 	t.Cleanup(tr.CloseIdleConnections)
 	hc := &http.Client{Transport: tr}
@@ -125,8 +126,10 @@ func TestRollingRestart(t *testing.T) {
 	if err := load.waitConnected(30*time.Second, load.ackCounts(), 5); err != nil {
 		t.Fatalf("after the roll: %v", err)
 	}
-	load.stop()
-	final, err := kbSettle(ctx, p, hc, []int{0, 1, 2}, sessions)
+	if err := load.stop(); err != nil {
+		t.Fatalf("the last edits: %v", err)
+	}
+	final, err := kbSettle(ctx, p, hc, []int{0, 1, 2}, sessions, players)
 	if err != nil {
 		t.Fatalf("the nodes did not converge: %v", err)
 	}
