@@ -90,6 +90,17 @@ func TestReplaceDeadNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Log("n3, the leader, killed and its data dir wiped")
+	// What the operator sees first: n3 unreachable, exit 1.
+	Eventually(t, 10*time.Second, func() error {
+		out, code, _ := cli("status", "--addr", via)
+		for _, line := range strings.Split(out, "\n") {
+			if code == 1 && strings.HasPrefix(line, "n3 ") && strings.Contains(line, "unreachable") {
+				t.Logf("chorus status with n3 dead exits 1:\n%s", out)
+				return nil
+			}
+		}
+		return fmt.Errorf("chorus status with n3 dead: exit %d:\n%s", code, out)
+	})
 
 	// The operator removes it. Through n1, which forwards to the leader;
 	// while an election runs (n3 led) the command fails and is run again.
