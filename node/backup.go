@@ -70,16 +70,21 @@ type BackupHeader struct {
 // matches transport.ErrBadRequest.
 var ErrBadBackup = errors.New("not a usable backup")
 
-type badBackupError struct{ reason string }
+type badBackupError struct {
+	reason string
+	err    error // the cause, when there is one
+}
 
 func (e *badBackupError) Error() string { return "not a usable backup: " + e.reason }
+func (e *badBackupError) Unwrap() error { return e.err }
 
 func (e *badBackupError) Is(target error) bool {
 	return target == ErrBadBackup || target == transport.ErrBadRequest
 }
 
 func badBackup(format string, args ...any) error {
-	return &badBackupError{reason: fmt.Sprintf(format, args...)}
+	err := fmt.Errorf(format, args...) // keeps a %w cause
+	return &badBackupError{reason: err.Error(), err: errors.Unwrap(err)}
 }
 
 // MarshalBinary returns the header's BackupHeaderSize bytes; it never fails.
@@ -314,8 +319,11 @@ func (n *Node) ClusterBackup(ctx context.Context) (transport.Backup, error) {
 // RestoreReport is what POST /cluster/restore answers.
 type RestoreReport struct {
 	// Index is the raft index at which this cluster installed the backup:
-	// one past both its own last index and the backup's, so every seq a
-	// client sees afterwards is above every one it saw before (I1).
+	// one past both its own last index and the backup's, so every write
+	// after the restore gets a seq above every index this cluster or the
+	// backup's had. A snapshot frame of a restored session carries that
+	// session's own last seq, which a client of the old cluster may have seen
+	// exceeded; such a client takes the snapshot (PROTOCOL.md §4.10).
 	Index       uint64 `json:"index"`
 	BackupIndex uint64 `json:"backupIndex"`
 	BackupTerm  uint64 `json:"backupTerm"`
@@ -325,6 +333,9 @@ type RestoreReport struct {
 	// DroppedNodes are the node ids whose players from the backup were
 	// retired through the log, or whose epoch was announced again.
 	DroppedNodes []string `json:"droppedNodes"`
+	// Warning, when set, says what did not go to plan after the backup was
+	// installed; the restore itself stands.
+	Warning string `json:"warning,omitempty"`
 }
 
 // Restore replaces the cluster's whole state with a backup read from body
@@ -346,7 +357,11 @@ type RestoreReport struct {
 // HTTP address back; any other node is reaped). Those entries also make the
 // read barrier wait, on every node, for the restored state.
 //
-// One restore runs at a time per node; ctx bounds the whole of it.
+// While it counts the sessions and installs the backup, the leader takes no
+// writes (they are retried and land after it). One restore runs at a time
+// per node; ctx bounds the transfer and the barrier, raft bounds the rest
+// (its restore ends when the entry after the snapshot commits, or with
+// ErrLeadershipLost).
 func (n *Node) Restore(ctx context.Context, body io.Reader, force bool) (RestoreReport, error) {
 	if !n.restoreMu.TryLock() {
 		return RestoreReport{}, &conflictError{"a restore is already running on this node"}
@@ -372,10 +387,11 @@ func (n *Node) Restore(ctx context.Context, body io.Reader, force bool) (Restore
 	if err != nil {
 		return RestoreReport{}, fmt.Errorf("restore: spool file: %w", err)
 	}
-	defer func() {
-		_ = spool.Close()           // read only by now, or failing anyway
-		_ = os.Remove(spool.Name()) // raft keeps its own copy
-	}()
+	defer spool.Close() // read only by now, or failing anyway; raft keeps its own copy
+	// Unlinked at once, so that not even a crash leaves it behind.
+	if err := os.Remove(spool.Name()); err != nil {
+		return RestoreReport{}, fmt.Errorf("restore: spool file: %w", err)
+	}
 	if err := CopyBackupPayload(spool, body, h); err != nil {
 		return RestoreReport{}, err
 	}
@@ -384,7 +400,7 @@ func (n *Node) Restore(ctx context.Context, body io.Reader, force bool) (Restore
 	}
 	st, err := fsm.ReadSnapshot(spool)
 	if err != nil {
-		return RestoreReport{}, badBackup("payload: %v", err)
+		return RestoreReport{}, badBackup("payload: %w", err)
 	}
 	if st.Index() > h.Index {
 		// Raft would place the state at or below indexes it already
@@ -392,11 +408,28 @@ func (n *Node) Restore(ctx context.Context, body io.Reader, force bool) (Restore
 		return RestoreReport{}, badBackup("the payload reflects index %d, past the header's %d", st.Index(), h.Index)
 	}
 
-	// Check again, now that the backup is known to be good: the cluster may
-	// have taken writes while it arrived.
-	if before, err = n.sessionCount(ctx); err != nil {
-		return RestoreReport{}, err
+	timeout := n.cfg.ApplyTimeout
+	if d, ok := ctx.Deadline(); ok {
+		timeout = max(time.Until(d), time.Second)
 	}
+	// Check again, now that the backup is known to be good: the cluster may
+	// have taken writes while it arrived. From here until raft.Restore the
+	// leader takes no writes (they are retried, and land after the restore),
+	// and the barrier waits for every write it took before, so the count is
+	// final and nothing acknowledged is replaced unless force says so.
+	n.applyGate.Lock()
+	n.restoring = true
+	n.applyGate.Unlock()
+	reopen := func() {
+		n.applyGate.Lock()
+		n.restoring = false
+		n.applyGate.Unlock()
+	}
+	defer reopen() // again after the explicit call below: harmless
+	if err := n.await(ctx, n.raft.Barrier(timeout)); err != nil {
+		return RestoreReport{}, unavailable("restore: barrier", raftErr(err))
+	}
+	n.fsm.view(func(st *fsm.State, _ uint64) { before = st.Len() })
 	if before > 0 && !force {
 		return RestoreReport{}, refuseNonEmpty(before)
 	}
@@ -411,10 +444,6 @@ func (n *Node) Restore(ctx context.Context, body io.Reader, force bool) (Restore
 	if _, err := spool.Seek(0, io.SeekStart); err != nil {
 		return RestoreReport{}, fmt.Errorf("restore: %w", err)
 	}
-	timeout := n.cfg.ApplyTimeout
-	if d, ok := ctx.Deadline(); ok {
-		timeout = max(time.Until(d), time.Second)
-	}
 	n.log.Warn("restoring a backup: the cluster's whole state is replaced", "backup_index", h.Index, "backup_term", h.Term,
 		"sessions", rep.Sessions, "replaced_sessions", before, "bytes", h.Length)
 	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Index: h.Index, Term: h.Term, Size: int64(h.Length)}
@@ -424,9 +453,14 @@ func (n *Node) Restore(ctx context.Context, body io.Reader, force bool) (Restore
 		return RestoreReport{}, unavailable("restore interrupted; the cluster may or may not hold the backup now, so restore it again with force", raftErr(err))
 	}
 	rep.Index = n.lastSnapshotIndex()
+	reopen()
 	for _, c := range plan {
 		if _, err := n.Submit(ctx, c); err != nil {
-			return RestoreReport{}, fmt.Errorf("restored at index %d, but retiring the backup's players failed (restore again with force): %w", rep.Index, err)
+			// The backup is in; only its players linger. The leader's reaper
+			// drops those of nodes that are not members by itself.
+			n.log.Warn("backup restored, but retiring its players failed", "index", rep.Index, "node", c.Node, "error", err)
+			rep.Warning = "restored, but retiring the backup's players failed (" + err.Error() + "); the leader drops those of nodes that are not members by itself, and a restart of a member drops its own"
+			break
 		}
 	}
 	n.log.Info("backup restored", "index", rep.Index, "backup_index", h.Index, "sessions", rep.Sessions, "dropped_nodes", dropped)

@@ -50,6 +50,14 @@ type Node struct {
 	failing map[string]time.Time // peers the leader cannot reach, since when
 
 	restoreMu sync.Mutex // held by the one Restore that may run at a time
+	// applyGate and restoring close the leader to writes while a Restore
+	// counts the sessions it would replace and installs the backup: a write
+	// acknowledged in between would be replaced unseen. applyLocal checks
+	// restoring and hands its entry to raft under the read lock, so once
+	// Restore has set restoring under the write lock, every write that got
+	// past the check is already in raft's queue, ahead of Restore's barrier.
+	applyGate sync.RWMutex
+	restoring bool // guarded by applyGate
 
 	epochKick chan struct{} // asks the epoch loop to announce a new epoch
 

@@ -48,6 +48,10 @@ func (e *retryError) Error() string        { return e.err.Error() }
 func (e *retryError) Unwrap() error        { return e.err }
 func (e *retryError) Is(target error) bool { return target == errRetry }
 
+// errRestoring is a retryable failure: the leader takes no writes while it
+// installs a backup.
+var errRestoring = &retryError{errors.New("a restore is in progress")}
+
 // errNoLeaderNow is a retryable failure that also counts toward NoLeaderTimeout.
 var errNoLeaderNow = &retryError{errors.New("no leader known")}
 
@@ -177,7 +181,15 @@ func (n *Node) callLeader(ctx context.Context, addr string, method uint8, data [
 // latency.
 func (n *Node) applyLocal(ctx context.Context, data []byte) (fsm.Result, error) {
 	start := time.Now()
+	n.applyGate.RLock()
+	if n.restoring {
+		n.applyGate.RUnlock()
+		return fsm.Result{}, errRestoring
+	}
+	// Under the read lock only to hand the entry to raft (a channel send
+	// bounded by ApplyTimeout), not while it commits.
 	f := n.raft.Apply(data, n.cfg.ApplyTimeout)
+	n.applyGate.RUnlock()
 	if err := n.await(ctx, f); err != nil {
 		return fsm.Result{}, raftErr(err)
 	}

@@ -246,6 +246,9 @@ func snapshotRestore(ctx context.Context, o opsFlags, file string, force bool, s
 		fmt.Fprintf(stdout, "; %d sessions replaced", rep.Replaced)
 	}
 	fmt.Fprintln(stdout)
+	if rep.Warning != "" {
+		fmt.Fprintf(stderr, "warning: %s\n", rep.Warning)
+	}
 	return nil
 }
 
