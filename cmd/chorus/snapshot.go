@@ -31,7 +31,7 @@ const snapshotAbout = `Backs the cluster's state up to a file, and restores it i
 save asks --addr for the leader and downloads GET /cluster/backup from it: the
 state after a read barrier, so it holds every write acknowledged before the
 command started. The file gets a header (index, term, length and SHA-256 of
-the state); save writes FILE.tmp, checks the header, the checksum and that
+the state); save writes a temporary FILE.*.tmp, checks the header, the checksum and that
 the state decodes, syncs it and renames it to FILE. It refuses to replace an
 existing FILE without --force.
 
@@ -96,7 +96,7 @@ func snapshotCmd(args []string, stdout, stderr io.Writer, getenv func(string) st
 	return snapshotInspect(file, stdout)
 }
 
-// snapshotSave downloads a backup into file through file.tmp.
+// snapshotSave downloads a backup into file through a temporary file beside it.
 func snapshotSave(ctx context.Context, o opsFlags, file string, force bool, stdout, stderr io.Writer) error {
 	if !force {
 		if _, err := os.Lstat(file); err == nil {
@@ -117,11 +117,13 @@ func snapshotSave(ctx context.Context, o opsFlags, file string, force bool, stdo
 		return fmt.Errorf("snapshot save: %w", httpError(resp, leader))
 	}
 
-	tmp := file + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	// A file of its own (mode 0600), so that two saves to one FILE never
+	// write into each other.
+	f, err := os.CreateTemp(filepath.Dir(file), filepath.Base(file)+".*.tmp")
 	if err != nil {
 		return fmt.Errorf("snapshot save: %w", err)
 	}
+	tmp := f.Name()
 	complete := false
 	defer func() {
 		if !complete {
