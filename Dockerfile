@@ -22,9 +22,8 @@ WORKDIR /data
 VOLUME /data
 
 # Every serve flag has a CHORUS_* environment twin (--data-dir is
-# CHORUS_DATA_DIR). Give each node's --id and addresses as flags, not
-# variables: the operator commands run in the same container read the same
-# names (CHORUS_PEER_ADDR is also `chorus members add --peer-addr`).
+# CHORUS_DATA_DIR). The operator commands run in the container read only
+# CHORUS_ADDR, CHORUS_ADMIN_TOKEN and CHORUS_CA_CERT.
 ENV CHORUS_DATA_DIR=/data
 
 # HTTP and WebSocket (--http-addr), and the peer port (--peer-addr).

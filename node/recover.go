@@ -124,7 +124,7 @@ func recoverFromPeersFile(cfg Config, rc *raft.Config, logs raft.LogStore, stabl
 		}
 	}
 	log.Warn("peers.json found: forcing a new cluster configuration; entries this node holds that were never committed become committed",
-		"path", path, "members", len(peers), "configuration", hclog.Fmt("%+v", peers))
+		"path", path, "members", len(peers), "configuration", conf.Servers)
 	scratch := newAdapter(log.Named("recovery"), newHub(log.Named("recovery"), 1))
 	if err := raft.RecoverCluster(rc, scratch, logs, stable, snaps, trans, conf); err != nil {
 		return fmt.Errorf("quorum recovery from %s: %w", path, err)
@@ -136,7 +136,7 @@ func recoverFromPeersFile(cfg Config, rc *raft.Config, logs raft.LogStore, stabl
 	}
 	if d, err := os.Open(cfg.DataDir); err == nil {
 		err = d.Sync()
-		d.Close()
+		_ = d.Close() // a directory opened to sync; Sync's error is the one that matters
 		if err != nil {
 			return fmt.Errorf("quorum recovery applied, but syncing the rename of %s failed; remove it before the next start: %w", path, err)
 		}

@@ -24,6 +24,7 @@ func BenchmarkPeerTLS(b *testing.B) {
 		{"mtls", peerTLS(b, ca, "cli", tlsIP2), peerTLS(b, ca, "srv", tlsIP1)},
 	} {
 		setup := func(b *testing.B) (client, server *Peer) {
+			// newPeer fails the benchmark itself; its log is not read.
 			server, _ = newPeer(b, PeerConfig{ID: "srv", Addr: tlsIP1 + ":0", TLS: mode.srv, Logger: hclog.NewNullLogger()})
 			client, _ = newPeer(b, PeerConfig{ID: "cli", Addr: tlsIP2 + ":0", TLS: mode.cli, Logger: hclog.NewNullLogger()})
 			return client, server

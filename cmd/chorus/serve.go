@@ -45,7 +45,7 @@ func (f *serveFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.advertiseHTTP, "advertise-http-addr", "", "client HTTP address announced to the cluster, which chorus status and the web client use to reach this node (default: the bound --http-addr; set it when binding 0.0.0.0)")
 	fs.StringVar(&f.peers, "peers", "", "initial cluster as id=host:port,... including this node; used once, to bootstrap an empty data dir")
 	fs.StringVar(&f.secret, "cluster-secret", "", "shared secret that authenticates peer connections (required; with --peer-tls-* it is checked inside the TLS session, as a second factor)")
-	fs.StringVar(&f.adminToken, "admin-token", "", "bearer token for the admin routes (/cluster/members, /cluster/leadership-transfer, /cluster/state, /cluster/snapshot, /debug/pprof/); empty disables them")
+	fs.StringVar(&f.adminToken, "admin-token", "", "bearer token for the admin routes (/cluster/members, /cluster/leadership-transfer, /cluster/state, /cluster/snapshot, /cluster/backup, /cluster/restore, /debug/pprof/); empty disables them")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
 	fs.DurationVar(&f.heartbeat, "heartbeat-timeout", 500*time.Millisecond, "raft heartbeat timeout")
