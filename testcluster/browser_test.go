@@ -39,26 +39,7 @@ func TestBrowserTwoNodes(t *testing.T) {
 	// below gets its own, shorter deadline, so a failing step still leaves
 	// the browser up to collect diagnostics.
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	allocCtx, cancelAlloc := chromedp.NewExecAllocator(ctx,
-		chromedp.ExecPath(chromium),
-		chromedp.Flag("headless", true),
-		chromedp.Flag("no-sandbox", true),
-		chromedp.Flag("disable-gpu", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("no-first-run", true),
-		chromedp.Flag("no-default-browser-check", true),
-		chromedp.Flag("mute-audio", true),
-		// Two pages are open at once; neither may be throttled for being in
-		// the background.
-		chromedp.Flag("disable-background-timer-throttling", true),
-		chromedp.Flag("disable-renderer-backgrounding", true),
-		chromedp.Flag("disable-backgrounding-occluded-windows", true),
-		chromedp.WindowSize(1200, 800),
-		// No UserDataDir: chromedp creates a fresh temporary --user-data-dir,
-		// and removes it (after killing leftover child processes) on exit.
-	)
+	allocCtx, cancelAlloc := newBrowser(ctx, chromium)
 	// The first tab owns the browser; the second is a new tab (in a window of
 	// its own, so it is never hidden) of the same browser.
 	page1, cancel1 := chromedp.NewContext(allocCtx)
@@ -212,6 +193,18 @@ func waitJS(expr string) chromedp.Action[chromedp.Void] {
 // there is none (and fails it in CI, which must run it).
 func findChromium(t *testing.T) string {
 	t.Helper()
+	if path := lookChromium(); path != "" {
+		return path
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("chromium is required in CI; .ci/run installs it")
+	}
+	t.Skip("no chromium found; install Debian's chromium to run the browser test")
+	return ""
+}
+
+// lookChromium returns Debian's chromium, or one on PATH, or "".
+func lookChromium() string {
 	if _, err := os.Stat("/usr/bin/chromium"); err == nil {
 		return "/usr/bin/chromium"
 	}
@@ -220,11 +213,31 @@ func findChromium(t *testing.T) string {
 			return path
 		}
 	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("chromium is required in CI; .ci/run installs it")
-	}
-	t.Skip("no chromium found; install Debian's chromium to run the browser test")
 	return ""
+}
+
+// newBrowser starts the allocator of a headless chromium at path under ctx,
+// with the flags every browser test uses: nothing in the background, and no
+// page throttled for being hidden. chromedp gives it a fresh temporary
+// --user-data-dir and removes it (after killing leftover child processes)
+// when the returned cancel runs.
+func newBrowser(ctx context.Context, path string) (context.Context, context.CancelFunc) {
+	return chromedp.NewExecAllocator(ctx,
+		chromedp.ExecPath(path),
+		chromedp.Flag("headless", true),
+		chromedp.Flag("no-sandbox", true),
+		chromedp.Flag("disable-gpu", true),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("no-first-run", true),
+		chromedp.Flag("no-default-browser-check", true),
+		chromedp.Flag("mute-audio", true),
+		chromedp.Flag("disable-background-timer-throttling", true),
+		chromedp.Flag("disable-renderer-backgrounding", true),
+		chromedp.Flag("disable-backgrounding-occluded-windows", true),
+		chromedp.WindowSize(1200, 800),
+	)
 }
 
 // createBrowserSession creates the test session through the node at base and

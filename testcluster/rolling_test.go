@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"reflect"
 	"strconv"
 	"strings"
@@ -237,21 +236,7 @@ func openRollPage(t *testing.T, n *Proc, session string) *rollPage {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	allocCtx, cancelAlloc := chromedp.NewExecAllocator(ctx,
-		chromedp.ExecPath(chromium),
-		chromedp.Flag("headless", true),
-		chromedp.Flag("no-sandbox", true),
-		chromedp.Flag("disable-gpu", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("no-first-run", true),
-		chromedp.Flag("no-default-browser-check", true),
-		chromedp.Flag("mute-audio", true),
-		chromedp.Flag("disable-background-timer-throttling", true),
-		chromedp.Flag("disable-renderer-backgrounding", true),
-		chromedp.WindowSize(1200, 800),
-	)
+	allocCtx, cancelAlloc := newBrowser(ctx, chromium)
 	pageCtx, cancelPage := chromedp.NewContext(allocCtx)
 	pg := &rollPage{ctx: pageCtx, session: session, node: n.ID, console: &consoleLog{},
 		marker: "roll-" + strconv.FormatInt(time.Now().UnixNano(), 36)}
@@ -374,17 +359,4 @@ type pageView struct {
 type pageRow struct {
 	ID string `json:"id"`
 	On []int  `json:"on"`
-}
-
-// lookChromium returns the Chromium binary to run, or "" when there is none.
-func lookChromium() string {
-	if _, err := os.Stat("/usr/bin/chromium"); err == nil {
-		return "/usr/bin/chromium"
-	}
-	for _, name := range []string{"chromium", "chromium-browser"} {
-		if path, err := exec.LookPath(name); err == nil {
-			return path
-		}
-	}
-	return ""
 }
