@@ -1202,6 +1202,12 @@ func TestWSPresence(t *testing.T) {
 	}
 	e.c.Heal()
 	e.c.Start(victim)
+	// The restarted node's new epoch drops its old player. Wait for the
+	// announcement before asking for snapshots: a snapshot requested while
+	// it is under way stands in for the broadcasts it already covers.
+	if f, _ := p1.until("player_left"); f.str("playerId") != p4.ID {
+		t.Fatalf("%s: %s, want %s leaving", p1.name, f, p4.ID)
+	}
 	testcluster.Eventually(t, waitLong, func() error {
 		p1.msg("request_snapshot", "")
 		snap, _ := p1.until("snapshot")
