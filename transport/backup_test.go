@@ -1,7 +1,6 @@
 package transport
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -215,49 +214,12 @@ func TestRestoreLimits(t *testing.T) {
 	}
 
 	for _, trickle := range []bool{false, true} {
-		conn, err := net.Dial("tcp", srv.Listener.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		start := time.Now()
-		_, err = conn.Write([]byte("POST /cluster/restore HTTP/1.1\r\nHost: chorus.test\r\nAuthorization: Bearer " + token + "\r\nContent-Length: 100000\r\n\r\nCHORUS"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan struct{})
-		var wg sync.WaitGroup
-		if trickle {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				tick := time.NewTicker(50 * time.Millisecond)
-				defer tick.Stop()
-				for {
-					select {
-					case <-done:
-						return
-					case <-tick.C:
-						if _, err := conn.Write([]byte("x")); err != nil {
-							return
-						}
-					}
-				}
-			}()
-		}
-		_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second)) // the test's own bound
-		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-		took := time.Since(start)
-		close(done)
-		wg.Wait()
-		if err != nil {
-			t.Fatalf("trickle %v: no response after %v: %v", trickle, took, err)
-		}
+		code, body, took := slowRequest(t, srv.Listener.Addr().String(),
+			"POST /cluster/restore HTTP/1.1\r\nHost: chorus.test\r\nAuthorization: Bearer "+token+"\r\nContent-Length: 100000\r\n\r\nCHORUS", trickle, 10*time.Second)
 		var e struct{ Error string }
-		_ = json.NewDecoder(resp.Body).Decode(&e) // the status is what is checked
-		resp.Body.Close()
-		conn.Close()
-		if resp.StatusCode != http.StatusRequestTimeout || took < 500*time.Millisecond || !strings.Contains(e.Error, "not received within") {
-			t.Errorf("trickle %v: HTTP %d %q after %v, want 408 after about 500ms", trickle, resp.StatusCode, e.Error, took)
+		_ = json.Unmarshal(body, &e) // the status is checked too
+		if code != http.StatusRequestTimeout || took < 500*time.Millisecond || !strings.Contains(e.Error, "not received within") {
+			t.Errorf("trickle %v: HTTP %d %q after %v, want 408 after about 500ms", trickle, code, e.Error, took)
 		}
 	}
 }

@@ -1,10 +1,13 @@
 package transport
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -217,4 +220,52 @@ func raftAccepts(p *Peer) (stop func() int) {
 		_ = p.RaftListener().Close()
 		return <-done
 	}
+}
+
+// slowRequest sends head (a request line, headers and the start of a body)
+// on a new connection to addr, then, with trickle, one byte of filler every
+// 50 ms, until the server answers or bound passes. It returns the answer's
+// status and body and how long the answer took from the first byte sent.
+func slowRequest(tb testing.TB, addr, head string, trickle bool, bound time.Duration) (int, []byte, time.Duration) {
+	tb.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer conn.Close()
+	start := time.Now()
+	if _, err := conn.Write([]byte(head)); err != nil {
+		tb.Fatal(err)
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	if trickle {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tick := time.NewTicker(50 * time.Millisecond)
+			defer tick.Stop()
+			for {
+				select {
+				case <-done:
+					return
+				case <-tick.C:
+					if _, err := conn.Write([]byte(" ")); err != nil {
+						return
+					}
+				}
+			}
+		}()
+	}
+	defer wg.Wait()
+	defer close(done)
+	_ = conn.SetReadDeadline(time.Now().Add(bound)) // the test's own bound
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	took := time.Since(start)
+	if err != nil {
+		tb.Fatalf("trickle %v: no response after %v: %v", trickle, took, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body) // a short body still has its status
+	return resp.StatusCode, body, took
 }

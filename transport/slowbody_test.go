@@ -1,10 +1,8 @@
 package transport
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -23,43 +21,10 @@ func TestSlowBodyRefused(t *testing.T) {
 	srv := httptest.NewServer(NewAPI(APIConfig{Backend: be, BodyTimeout: bodyTimeout}))
 	defer srv.Close()
 	for _, trickle := range []bool{false, true} {
-		conn, err := net.Dial("tcp", srv.Listener.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		start := time.Now()
-		_, err = conn.Write([]byte("POST /api/sessions HTTP/1.1\r\nHost: chorus.test\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"state\":"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan struct{})
-		if trickle {
-			go func() {
-				tick := time.NewTicker(50 * time.Millisecond)
-				defer tick.Stop()
-				for {
-					select {
-					case <-done:
-						return
-					case <-tick.C:
-						if _, err := conn.Write([]byte(" ")); err != nil {
-							return
-						}
-					}
-				}
-			}()
-		}
-		_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second)) // the test's own bound
-		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-		took := time.Since(start)
-		close(done)
-		if err != nil {
-			t.Fatalf("trickle %v: no response after %v: %v", trickle, took, err)
-		}
-		resp.Body.Close()
-		conn.Close()
-		if resp.StatusCode != http.StatusRequestTimeout || took < bodyTimeout || took > bodyTimeout+2*time.Second {
-			t.Errorf("trickle %v: HTTP %d after %v, want 408 after about %v", trickle, resp.StatusCode, took, bodyTimeout)
+		code, _, took := slowRequest(t, srv.Listener.Addr().String(),
+			"POST /api/sessions HTTP/1.1\r\nHost: chorus.test\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"state\":", trickle, 5*time.Second)
+		if code != http.StatusRequestTimeout || took < bodyTimeout || took > bodyTimeout+2*time.Second {
+			t.Errorf("trickle %v: HTTP %d after %v, want 408 after about %v", trickle, code, took, bodyTimeout)
 		}
 	}
 	if n := be.creates(); n != 0 {
