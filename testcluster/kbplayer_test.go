@@ -96,35 +96,10 @@ func kbCreateSessions(tb testing.TB, ctx context.Context, hc *http.Client, addr 
 	return ids
 }
 
-// Register keys, as check.Op names them.
-func kbStepKey(track string, step int) string {
-	return "track:" + track + ":step:" + strconv.Itoa(step)
-}
-func kbLockKey(track string, step int) string {
-	return "track:" + track + ":plock:" + strconv.Itoa(step)
-}
-func kbVolumeKey(track string) string { return "track:" + track + ":volume" }
-
 const (
 	kbTempoKey  = "tempo"
 	kbTracksKey = "tracks"
 )
-
-func kbNum(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }
-
-// kbLock renders a parameter lock canonically: "null", or its numbers with
-// sorted keys (the server keeps the order they arrived in).
-func kbLock(raw json.RawMessage) (string, error) {
-	if len(raw) == 0 || string(raw) == "null" {
-		return "null", nil
-	}
-	var m map[string]float64
-	if err := json.Unmarshal(raw, &m); err != nil {
-		return "", fmt.Errorf("parameter lock %s: %w", raw, err)
-	}
-	b, err := json.Marshal(m) // map keys marshal sorted
-	return string(b), err
-}
 
 // kbRegisters reads the registers of these tests from a SessionState: the
 // track list, the tempo, and each track's volume and the steps and
@@ -142,21 +117,21 @@ func kbRegisters(state json.RawMessage) (map[string]string, error) {
 	if err := json.Unmarshal(state, &s); err != nil {
 		return nil, fmt.Errorf("session state: %w", err)
 	}
-	regs := map[string]string{kbTempoKey: kbNum(s.Tempo)}
+	regs := map[string]string{kbTempoKey: check.FormatNum(s.Tempo)}
 	var ids []string
 	for _, tr := range s.Tracks {
 		ids = append(ids, tr.ID)
-		regs[kbVolumeKey(tr.ID)] = kbNum(tr.Volume)
+		regs[check.VolumeKey(tr.ID)] = check.FormatNum(tr.Volume)
 		for n := range kbSteps {
-			regs[kbStepKey(tr.ID, n)] = strconv.FormatBool(n < len(tr.Steps) && tr.Steps[n])
+			regs[check.StepKey(tr.ID, n)] = strconv.FormatBool(n < len(tr.Steps) && tr.Steps[n])
 			lock := "null"
 			if n < len(tr.ParameterLocks) {
 				var err error
-				if lock, err = kbLock(tr.ParameterLocks[n]); err != nil {
+				if lock, err = check.LockValue(tr.ParameterLocks[n]); err != nil {
 					return nil, err
 				}
 			}
-			regs[kbLockKey(tr.ID, n)] = lock
+			regs[check.LockKey(tr.ID, n)] = lock
 		}
 	}
 	regs[kbTracksKey] = strings.Join(ids, ",")
@@ -186,14 +161,14 @@ type kbFrame struct {
 func (f *kbFrame) register() (key, value string, err error) {
 	switch f.Type {
 	case "step_toggled":
-		return kbStepKey(f.TrackID, f.Step), strconv.FormatBool(f.Value), nil
+		return check.StepKey(f.TrackID, f.Step), strconv.FormatBool(f.Value), nil
 	case "tempo_changed":
-		return kbTempoKey, kbNum(f.Tempo), nil
+		return kbTempoKey, check.FormatNum(f.Tempo), nil
 	case "track_volume_set":
-		return kbVolumeKey(f.TrackID), kbNum(f.Volume), nil
+		return check.VolumeKey(f.TrackID), check.FormatNum(f.Volume), nil
 	case "parameter_lock_set":
-		v, err := kbLock(f.Lock)
-		return kbLockKey(f.TrackID, f.Step), v, err
+		v, err := check.LockValue(f.Lock)
+		return check.LockKey(f.TrackID, f.Step), v, err
 	}
 	return "", "", fmt.Errorf("a %s broadcast, which these players never cause", f.Type)
 }
@@ -660,18 +635,18 @@ func (p *kbPlayer) edit(ctx context.Context) {
 	var kind, key, value, msg string
 	switch r := p.rng.IntN(100); {
 	case r < 55:
-		kind, key = check.KindToggleStep, kbStepKey(track, step)
+		kind, key = check.KindToggleStep, check.StepKey(track, step)
 		msg = `{"type":"toggle_step","trackId":"` + track + `","step":` + strconv.Itoa(step)
 	case r < 65:
 		kind, key, value = check.KindSetTempo, kbTempoKey, strconv.Itoa(60+p.rng.IntN(121))
 		msg = `{"type":"set_tempo","tempo":` + value
 	case r < 80:
-		kind, key, value = check.KindSetTrackVolume, kbVolumeKey(track), kbNum(float64(p.rng.IntN(101))/100)
+		kind, key, value = check.KindSetTrackVolume, check.VolumeKey(track), check.FormatNum(float64(p.rng.IntN(101))/100)
 		msg = `{"type":"set_track_volume","trackId":"` + track + `","volume":` + value
 	default:
-		lock := `{"pitch":` + strconv.Itoa(p.rng.IntN(25)-12) + `,"volume":` + kbNum(float64(p.rng.IntN(101))/100) + `}`
-		kind, key = check.KindSetParameterLock, kbLockKey(track, step)
-		value, _ = kbLock(json.RawMessage(lock)) // the page's own well-formed lock
+		lock := `{"pitch":` + strconv.Itoa(p.rng.IntN(25)-12) + `,"volume":` + check.FormatNum(float64(p.rng.IntN(101))/100) + `}`
+		kind, key = check.KindSetParameterLock, check.LockKey(track, step)
+		value, _ = check.LockValue(json.RawMessage(lock)) // the page's own well-formed lock
 		msg = `{"type":"set_parameter_lock","trackId":"` + track + `","step":` + strconv.Itoa(step) + `,"lock":` + lock
 	}
 	p.mu.Lock()

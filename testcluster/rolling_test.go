@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+
+	"chorus/testcluster/check"
 )
 
 // rollFirstIP is this file's loopback block: 127.0.0.72-74.
@@ -292,7 +294,7 @@ func (pg *rollPage) check(t *testing.T, final kbFinal) {
 	for _, id := range strings.Split(server[kbTracksKey], ",") {
 		row := pageRow{ID: id, On: []int{}}
 		for n := range kbSteps {
-			if server[kbStepKey(id, n)] == "true" {
+			if server[check.StepKey(id, n)] == "true" {
 				row.On = append(row.On, n)
 			}
 		}

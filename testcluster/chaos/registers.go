@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"chorus/testcluster/check"
 )
 
 // The workload's register space. Each session has stableTracks tracks that
@@ -22,10 +24,7 @@ const (
 func stableTrackID(i int) string { return "t" + strconv.Itoa(i) }
 func clientTrackID(c int) string { return "c" + strconv.Itoa(c) }
 
-func stepKey(track string, step int) string { return "track:" + track + ":step:" + strconv.Itoa(step) }
-func lockKey(track string, step int) string { return "track:" + track + ":plock:" + strconv.Itoa(step) }
-func volumeKey(track string) string         { return "track:" + track + ":volume" }
-func existsKey(track string) string         { return "track:" + track + ":exists" }
+func existsKey(track string) string { return "track:" + track + ":exists" }
 
 const (
 	tempoKey = "tempo"
@@ -46,27 +45,6 @@ func initialState() string {
 		tracks[i] = trackJSON(stableTrackID(i))
 	}
 	return `{"tracks":[` + strings.Join(tracks, ",") + `],"tempo":120,"swing":0,"version":1}`
-}
-
-// fmtNum renders a number the way registers hold it, so that a value sent,
-// a value acknowledged and a value read compare equal.
-func fmtNum(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }
-
-// lockValue renders a parameter lock (null, absent or an object of numbers)
-// canonically: "null" or the object with sorted keys.
-func lockValue(raw json.RawMessage) (string, error) {
-	if len(raw) == 0 || string(raw) == "null" {
-		return "null", nil
-	}
-	var m map[string]float64
-	if err := json.Unmarshal(raw, &m); err != nil {
-		return "", fmt.Errorf("parameter lock %s: %w", raw, err)
-	}
-	b, err := json.Marshal(m) // map keys marshal sorted
-	if err != nil {
-		return "", fmt.Errorf("parameter lock %s: %w", raw, err)
-	}
-	return string(b), nil
 }
 
 // sessionDoc is the part of a session's JSON (GET /api/sessions/{id}, or
@@ -93,7 +71,7 @@ func registers(sessionJSON []byte, clients []int) (map[string]string, error) {
 	if err := json.Unmarshal(sessionJSON, &doc); err != nil {
 		return nil, fmt.Errorf("session JSON: %w", err)
 	}
-	regs := map[string]string{tempoKey: fmtNum(doc.State.Tempo), nameKey: ""}
+	regs := map[string]string{tempoKey: check.FormatNum(doc.State.Tempo), nameKey: ""}
 	if doc.Name != nil {
 		regs[nameKey] = *doc.Name
 	}
@@ -104,21 +82,21 @@ func registers(sessionJSON []byte, clients []int) (map[string]string, error) {
 			continue
 		}
 		for s := range stepRegs {
-			regs[stepKey(t.ID, s)] = strconv.FormatBool(s < len(t.Steps) && t.Steps[s])
+			regs[check.StepKey(t.ID, s)] = strconv.FormatBool(s < len(t.Steps) && t.Steps[s])
 		}
 		for s := range lockRegs {
 			var raw json.RawMessage
 			if s < len(t.ParameterLocks) {
 				raw = t.ParameterLocks[s]
 			}
-			v, err := lockValue(raw)
+			v, err := check.LockValue(raw)
 			if err != nil {
 				return nil, fmt.Errorf("track %s: %w", t.ID, err)
 			}
-			regs[lockKey(t.ID, s)] = v
+			regs[check.LockKey(t.ID, s)] = v
 		}
 		if t.Volume != nil {
-			regs[volumeKey(t.ID)] = fmtNum(*t.Volume)
+			regs[check.VolumeKey(t.ID)] = check.FormatNum(*t.Volume)
 		}
 	}
 	for _, c := range clients {

@@ -3,6 +3,8 @@ package chaos
 import (
 	"strings"
 	"testing"
+
+	"chorus/testcluster/check"
 )
 
 func TestRegistersFromSessionJSON(t *testing.T) {
@@ -15,9 +17,9 @@ func TestRegistersFromSessionJSON(t *testing.T) {
 	}
 	want := map[string]string{
 		tempoKey: "97.25", nameKey: "jam",
-		stepKey("t0", 0): "false", stepKey("t0", 1): "true", stepKey("t0", 7): "false",
-		lockKey("t0", 0): "null", lockKey("t0", 1): `{"pitch":-3,"volume":0.5}`, lockKey("t0", 3): "null",
-		volumeKey("t0"): "0.25", volumeKey("t1"): "1", stepKey("t1", 2): "false",
+		check.StepKey("t0", 0): "false", check.StepKey("t0", 1): "true", check.StepKey("t0", 7): "false",
+		check.LockKey("t0", 0): "null", check.LockKey("t0", 1): `{"pitch":-3,"volume":0.5}`, check.LockKey("t0", 3): "null",
+		check.VolumeKey("t0"): "0.25", check.VolumeKey("t1"): "1", check.StepKey("t1", 2): "false",
 		existsKey("c1"): "true", existsKey("c2"): "false",
 	}
 	for k, v := range want {
@@ -25,7 +27,7 @@ func TestRegistersFromSessionJSON(t *testing.T) {
 			t.Errorf("%s = %q, want %q", k, regs[k], v)
 		}
 	}
-	if _, ok := regs[volumeKey("c1")]; ok {
+	if _, ok := regs[check.VolumeKey("c1")]; ok {
 		t.Error("a client track's volume became a register")
 	}
 	if n := len(regs); n != 2+2*(1+stepRegs+lockRegs)+2 {
@@ -52,8 +54,8 @@ func TestInitialStateRegisters(t *testing.T) {
 	}
 	for i := range stableTracks {
 		id := stableTrackID(i)
-		if regs[volumeKey(id)] != "1" || regs[stepKey(id, stepRegs-1)] != "false" {
-			t.Errorf("track %s: volume %q, last step %q", id, regs[volumeKey(id)], regs[stepKey(id, stepRegs-1)])
+		if regs[check.VolumeKey(id)] != "1" || regs[check.StepKey(id, stepRegs-1)] != "false" {
+			t.Errorf("track %s: volume %q, last step %q", id, regs[check.VolumeKey(id)], regs[check.StepKey(id, stepRegs-1)])
 		}
 	}
 	if regs[tempoKey] != "120" || regs[existsKey(clientTrackID(0))] != "false" {

@@ -181,23 +181,23 @@ func (c *client) step(ctx context.Context) {
 	switch p := c.rng.IntN(100); {
 	case p < 40:
 		step := c.rng.IntN(stepRegs)
-		c.mutate(ctx, check.KindToggleStep, stepKey(track, step), "",
+		c.mutate(ctx, check.KindToggleStep, check.StepKey(track, step), "",
 			`{"type":"toggle_step","trackId":"`+track+`","step":`+strconv.Itoa(step))
 	case p < 50:
-		v := fmtNum(60 + float64(c.rng.IntN(12001))/100)
+		v := check.FormatNum(60 + float64(c.rng.IntN(12001))/100)
 		c.mutate(ctx, check.KindSetTempo, tempoKey, v, `{"type":"set_tempo","tempo":`+v)
 	case p < 60:
-		v := fmtNum(float64(c.rng.IntN(1001)) / 1000)
-		c.mutate(ctx, check.KindSetTrackVolume, volumeKey(track), v,
+		v := check.FormatNum(float64(c.rng.IntN(1001)) / 1000)
+		c.mutate(ctx, check.KindSetTrackVolume, check.VolumeKey(track), v,
 			`{"type":"set_track_volume","trackId":"`+track+`","volume":`+v)
 	case p < 68:
 		step := c.rng.IntN(lockRegs)
 		lock := "null"
 		if c.rng.IntN(5) > 0 {
-			lock = `{"pitch":` + strconv.Itoa(c.rng.IntN(25)-12) + `,"volume":` + fmtNum(float64(c.rng.IntN(1001))/1000) + `}`
+			lock = `{"pitch":` + strconv.Itoa(c.rng.IntN(25)-12) + `,"volume":` + check.FormatNum(float64(c.rng.IntN(1001))/1000) + `}`
 		}
-		v, _ := lockValue(json.RawMessage(lock)) // the workload's own well-formed lock
-		c.mutate(ctx, check.KindSetParameterLock, lockKey(track, step), v,
+		v, _ := check.LockValue(json.RawMessage(lock)) // the workload's own well-formed lock
+		c.mutate(ctx, check.KindSetParameterLock, check.LockKey(track, step), v,
 			`{"type":"set_parameter_lock","trackId":"`+track+`","step":`+strconv.Itoa(step)+`,"lock":`+lock)
 	case p < 75:
 		if !c.known {
@@ -318,12 +318,12 @@ func (c *client) read(ctx context.Context) {
 	}
 	c.reads++
 	id := "r" + strconv.Itoa(c.id) + "-" + strconv.Itoa(c.reads) // one HTTP read, recorded as one op per register
-	keys := []string{tempoKey, nameKey, existsKey(clientTrackID(c.id)), volumeKey(track)}
+	keys := []string{tempoKey, nameKey, existsKey(clientTrackID(c.id)), check.VolumeKey(track)}
 	for s := range stepRegs {
-		keys = append(keys, stepKey(track, s))
+		keys = append(keys, check.StepKey(track, s))
 	}
 	for s := range lockRegs {
-		keys = append(keys, lockKey(track, s))
+		keys = append(keys, check.LockKey(track, s))
 	}
 	for _, k := range keys {
 		c.rec.op(check.Op{Client: c.id, Session: c.sess.id, Kind: check.KindRead, Key: k, Value: regs[k], OpID: id, Invoke: start, Complete: end, Outcome: check.OK})
