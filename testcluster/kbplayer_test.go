@@ -176,36 +176,18 @@ func (f *kbFrame) register() (key, value string, err error) {
 // kbRecorder collects the history of every player for the checkers, and
 // when each acknowledgement arrived. Safe for concurrent use.
 type kbRecorder struct {
-	mu   sync.Mutex // guards h and acks
-	h    check.History
+	check.Recorder
+	mu   sync.Mutex // guards acks
 	acks []time.Time
 }
 
 func (r *kbRecorder) op(o check.Op) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.h.Ops = append(r.h.Ops, o)
+	r.Op(o)
 	if o.Outcome == check.OK {
+		r.mu.Lock()
 		r.acks = append(r.acks, o.Complete)
+		r.mu.Unlock()
 	}
-}
-
-func (r *kbRecorder) delivery(d check.Delivery) {
-	r.mu.Lock()
-	r.h.Deliveries = append(r.h.Deliveries, d)
-	r.mu.Unlock()
-}
-
-func (r *kbRecorder) opened(c check.Conn) {
-	r.mu.Lock()
-	r.h.Conns = append(r.h.Conns, c)
-	r.mu.Unlock()
-}
-
-func (r *kbRecorder) closed(c check.Close) {
-	r.mu.Lock()
-	r.h.Closes = append(r.h.Closes, c)
-	r.mu.Unlock()
 }
 
 // longestGap returns the longest time in [from, to] without an
@@ -228,14 +210,6 @@ func (r *kbRecorder) longestGap(from, to time.Time) (time.Duration, time.Time) {
 		prev = a
 	}
 	return gap, at
-}
-
-// history returns a copy of what was recorded.
-func (r *kbRecorder) history() check.History {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return check.History{Ops: slices.Clone(r.h.Ops), Deliveries: slices.Clone(r.h.Deliveries),
-		Conns: slices.Clone(r.h.Conns), Closes: slices.Clone(r.h.Closes)}
 }
 
 // kbStats counts what a player went through.
@@ -443,7 +417,7 @@ func (p *kbPlayer) dial(ctx context.Context) error {
 	c := &kbConn{ws: ws, n: p.conns, node: p.node, first: make(chan string, 1),
 		done: make(chan struct{}), cancel: rcancel}
 	p.conns++
-	p.rec.opened(check.Conn{Client: p.id, Conn: c.n, Node: "n" + strconv.Itoa(c.node+1), Session: p.session, Since: since, At: time.Now()})
+	p.rec.Opened(check.Conn{Client: p.id, Conn: c.n, Node: "n" + strconv.Itoa(c.node+1), Session: p.session, Since: since, At: time.Now()})
 	go p.read(rctx, c)
 	select {
 	case c.player = <-c.first:
@@ -556,7 +530,7 @@ func (p *kbPlayer) handle(c *kbConn, f *kbFrame, joined *bool, now time.Time) (a
 			p.view, p.lastSeq, p.lastSnapTS = regs, f.Seq, f.SnapshotTimestamp
 		}
 		d.Type = check.TypeSnapshot
-		p.rec.delivery(d)
+		p.rec.Delivery(d)
 	case f.Type == "resume":
 		if *joined {
 			p.problemLocked("%s: a resume frame on a joined socket", node)
@@ -573,7 +547,7 @@ func (p *kbPlayer) handle(c *kbConn, f *kbFrame, joined *bool, now time.Time) (a
 		if f.Type == "step_toggled" {
 			d.Value = strconv.FormatBool(f.Value)
 		}
-		p.rec.delivery(d)
+		p.rec.Delivery(d)
 		if f.Seq <= p.lastSeq {
 			p.problemLocked("%s: %s seq %d after seq %d: seq went back or repeated", node, f.Type, f.Seq, p.lastSeq)
 			break
@@ -614,7 +588,7 @@ func (p *kbPlayer) ended(c *kbConn, err error, now time.Time) {
 	if c.asked.Load() {
 		code = int(websocket.StatusNormalClosure)
 	}
-	p.rec.closed(check.Close{Client: p.id, Conn: c.n, Code: code, At: now})
+	p.rec.Closed(check.Close{Client: p.id, Conn: c.n, Code: code, At: now})
 	p.connected.Store(false)
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -1039,7 +1013,7 @@ func checkKBHistory(t *testing.T, rec *kbRecorder, players []*kbPlayer, final kb
 		}
 	}
 
-	h := rec.history()
+	h := rec.History()
 	h.Final = final.nodes
 	resolved := h.ResolveUnknown()
 	results := []check.Result{check.LostWrites(&h), check.Convergence(&h), check.SeqMonotonic(&h),

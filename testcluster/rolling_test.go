@@ -187,7 +187,7 @@ func waitCaughtUp(ctx context.Context, p *Procs, hc *http.Client, i int, within 
 func logKBStats(t *testing.T, rec *kbRecorder, players []*kbPlayer) {
 	t.Helper()
 	codes := map[int]int{}
-	for _, c := range rec.history().Closes {
+	for _, c := range rec.History().Closes {
 		codes[c.Code]++
 	}
 	var all, sticky, balanced kbStats

@@ -248,9 +248,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	if note != "" {
 		rep.Notes = append(rep.Notes, note)
 	}
-	rec.mu.Lock()
-	h := rec.h
-	rec.mu.Unlock()
+	h := rec.History()
 	h.Final = final
 	if n := h.ResolveUnknown(); n > 0 {
 		rep.Notes = append(rep.Notes, fmt.Sprintf("%d unknown ops were resolved to ok: another socket received their broadcast", n))
@@ -323,7 +321,6 @@ func createSessions(ctx context.Context, hc *http.Client, addrs []string, opts O
 		s := sessions[c%len(sessions)]
 		s.clients = append(s.clients, c)
 	}
-	rec.h.Initial = map[string]map[string]string{}
 	body := []byte(`{"name":"chaos","state":` + initialState() + `}`)
 	for _, s := range sessions {
 		err := testcluster.Poll(30*time.Second, func() error {
@@ -351,7 +348,7 @@ func createSessions(ctx context.Context, hc *http.Client, addrs []string, opts O
 			if err != nil {
 				return err
 			}
-			rec.h.Initial[s.id] = regs
+			rec.Initial(s.id, regs)
 			return nil
 		})
 		if err != nil {

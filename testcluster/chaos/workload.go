@@ -34,10 +34,10 @@ const (
 	closeAbandon = websocket.StatusCode(4000)
 )
 
-// recorder collects the history. Every method is safe for concurrent use.
+// recorder collects the history, and counts outcomes for the progress line.
+// Every method is safe for concurrent use.
 type recorder struct {
-	mu   sync.Mutex
-	h    check.History
+	check.Recorder
 	ok   atomic.Int64
 	fail atomic.Int64
 	unk  atomic.Int64
@@ -56,27 +56,7 @@ func (r *recorder) op(o check.Op) {
 	default:
 		r.unk.Add(1)
 	}
-	r.mu.Lock()
-	r.h.Ops = append(r.h.Ops, o)
-	r.mu.Unlock()
-}
-
-func (r *recorder) delivery(d check.Delivery) {
-	r.mu.Lock()
-	r.h.Deliveries = append(r.h.Deliveries, d)
-	r.mu.Unlock()
-}
-
-func (r *recorder) closed(c check.Close) {
-	r.mu.Lock()
-	r.h.Closes = append(r.h.Closes, c)
-	r.mu.Unlock()
-}
-
-func (r *recorder) opened(c check.Conn) {
-	r.mu.Lock()
-	r.h.Conns = append(r.h.Conns, c)
-	r.mu.Unlock()
+	r.Op(o)
 }
 
 // recovered records a panic of the calling goroutine, if any, so that the
@@ -380,7 +360,7 @@ func (c *client) connect(ctx context.Context) error {
 	rctx, rcancel := context.WithCancel(context.Background())
 	cn := &conn{ws: ws, n: c.conns, node: "n" + strconv.Itoa(c.node+1), acks: make(chan frame, 1024), done: make(chan struct{}), cancel: rcancel}
 	c.conns++
-	c.rec.opened(check.Conn{Client: c.id, Conn: cn.n, Node: cn.node, Session: c.sess.id, Since: since, At: time.Now()})
+	c.rec.Opened(check.Conn{Client: c.id, Conn: cn.n, Node: cn.node, Session: c.sess.id, Since: since, At: time.Now()})
 	first := make(chan string, 1)
 	go c.readLoop(rctx, cn, first)
 	select {
@@ -413,7 +393,7 @@ func (c *client) readLoop(ctx context.Context, cn *conn, first chan<- string) {
 					code = int(websocket.StatusAbnormalClosure)
 				}
 			}
-			c.rec.closed(check.Close{Client: c.id, Conn: cn.n, Code: code, At: now})
+			c.rec.Closed(check.Close{Client: c.id, Conn: cn.n, Code: code, At: now})
 			return
 		}
 		if typ != websocket.MessageText || len(data) == 0 || data[0] != '{' {
@@ -439,7 +419,7 @@ func (c *client) readLoop(ctx context.Context, cn *conn, first chan<- string) {
 			if typ == "step_toggled" {
 				d.Value = strconv.FormatBool(string(f.Value) == "true")
 			}
-			c.rec.delivery(d)
+			c.rec.Delivery(d)
 			c.seenSeq(f.Seq)
 		}
 		if f.ClientSeq > 0 && f.PlayerID == player {

@@ -3,6 +3,7 @@ package check
 import (
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -277,5 +278,37 @@ func TestResolveUnknown(t *testing.T) {
 		if o.Outcome != Unknown {
 			t.Errorf("op %s %s resolved from another session's or player's broadcast: %+v", o.PlayerID, o.Value, o)
 		}
+	}
+}
+
+// TestRecorder: records from many goroutines all arrive, and History is a
+// copy that later records do not change.
+func TestRecorder(t *testing.T) {
+	var r Recorder
+	done := make(chan struct{})
+	for g := range 8 {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for i := range 100 {
+				r.Op(Op{Client: g, Key: "k", Value: strconv.Itoa(i), Outcome: OK})
+				r.Delivery(Delivery{Client: g, Seq: uint64(i)})
+				r.Opened(Conn{Client: g})
+				r.Closed(Close{Client: g})
+			}
+		}()
+	}
+	for range 8 {
+		<-done
+	}
+	r.Initial("s", map[string]string{"k": ""})
+	h := r.History()
+	if len(h.Ops) != 800 || len(h.Deliveries) != 800 || len(h.Conns) != 800 || len(h.Closes) != 800 || h.Initial["s"] == nil {
+		t.Fatalf("recorded %d ops, %d deliveries, %d conns, %d closes, initial %v; want 800 each and s",
+			len(h.Ops), len(h.Deliveries), len(h.Conns), len(h.Closes), h.Initial)
+	}
+	r.Op(Op{Client: 9})
+	r.Initial("t", nil)
+	if len(h.Ops) != 800 || len(h.Initial) != 1 {
+		t.Fatalf("a later record changed the copy: %d ops, initial %v", len(h.Ops), h.Initial)
 	}
 }

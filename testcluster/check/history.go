@@ -3,6 +3,9 @@ package check
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
+	"sync"
 	"time"
 )
 
@@ -194,4 +197,58 @@ func (h *History) ResolveUnknown() int {
 
 func (h *History) initial(session, key string) string {
 	return h.Initial[session][key]
+}
+
+// Recorder collects a History from the goroutines of a workload. Its methods
+// are safe for concurrent use.
+type Recorder struct {
+	mu sync.Mutex // guards h
+	h  History
+}
+
+// Op records an operation once its outcome is known.
+func (r *Recorder) Op(o Op) {
+	r.mu.Lock()
+	r.h.Ops = append(r.h.Ops, o)
+	r.mu.Unlock()
+}
+
+// Delivery records a broadcast a socket received.
+func (r *Recorder) Delivery(d Delivery) {
+	r.mu.Lock()
+	r.h.Deliveries = append(r.h.Deliveries, d)
+	r.mu.Unlock()
+}
+
+// Opened records a socket that joined.
+func (r *Recorder) Opened(c Conn) {
+	r.mu.Lock()
+	r.h.Conns = append(r.h.Conns, c)
+	r.mu.Unlock()
+}
+
+// Closed records a socket that ended.
+func (r *Recorder) Closed(c Close) {
+	r.mu.Lock()
+	r.h.Closes = append(r.h.Closes, c)
+	r.mu.Unlock()
+}
+
+// Initial records a session's register values before the workload.
+func (r *Recorder) Initial(session string, regs map[string]string) {
+	r.mu.Lock()
+	if r.h.Initial == nil {
+		r.h.Initial = map[string]map[string]string{}
+	}
+	r.h.Initial[session] = regs
+	r.mu.Unlock()
+}
+
+// History returns a copy of what was recorded so far; Final is left to the
+// caller.
+func (r *Recorder) History() History {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return History{Ops: slices.Clone(r.h.Ops), Deliveries: slices.Clone(r.h.Deliveries),
+		Conns: slices.Clone(r.h.Conns), Closes: slices.Clone(r.h.Closes), Initial: maps.Clone(r.h.Initial)}
 }
