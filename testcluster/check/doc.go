@@ -4,7 +4,9 @@
 // re-checked), and one checker per invariant of DESIGN.md §2 (LostWrites for
 // I5, SeqMonotonic for I1, Convergence for I4, Linearizable for the
 // register-like fields, NoDoubleApply for I6, NoSilentSkip for I3), plus
-// CheckAll and a Jepsen-style text Summary.
+// CheckAll and a Jepsen-style text Summary. Recorder collects a History from
+// a workload's goroutines, and registers.go holds the register names and
+// renderings that the workloads share.
 //
 // It is pure: it does no I/O, starts no processes and talks to no cluster.
 // The harness that runs processes, nemeses and the workload records a History
