@@ -144,7 +144,7 @@ func snapshotSave(ctx context.Context, o opsFlags, file string, force bool, stdo
 	}
 	// The checksum proves the transfer; decoding proves that this build
 	// can restore what it saved.
-	sessions, err := decodedSessions(tmp, h)
+	sessions, err := decodedSessions(f, h)
 	if err != nil {
 		return fmt.Errorf("snapshot save: %w", err)
 	}
@@ -191,35 +191,41 @@ func publish(tmp, file string, force bool) error {
 	return nil
 }
 
-// decodedSessions decodes the payload of the backup file at path (header
-// h) and returns its number of sessions.
-func decodedSessions(path string, h node.BackupHeader) (int, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
+// decodedSessions decodes the payload of the backup file f (header h) and
+// returns its number of sessions.
+func decodedSessions(f *os.File, h node.BackupHeader) (int, error) {
 	st, err := fsm.ReadSnapshot(bufio.NewReader(io.NewSectionReader(f, node.BackupHeaderSize, int64(h.Length))))
 	if err != nil {
-		return 0, fmt.Errorf("%s: %w: the state does not decode: %w", path, node.ErrBadBackup, err)
+		return 0, fmt.Errorf("%s: %w: the state does not decode: %w", f.Name(), node.ErrBadBackup, err)
 	}
 	return st.Len(), nil
 }
 
-// snapshotRestore checks file and sends it to the leader.
-func snapshotRestore(ctx context.Context, o opsFlags, file string, force bool, stdout, stderr io.Writer) error {
+// openBackup opens the backup file and checks its header, length and
+// checksum; the caller closes the file.
+func openBackup(file string) (*os.File, node.BackupHeader, error) {
 	f, err := os.Open(file)
 	if err != nil {
-		return fmt.Errorf("snapshot restore: %w", err)
+		return nil, node.BackupHeader{}, err
 	}
-	defer f.Close()
 	h, err := node.ReadBackupHeader(f)
 	if err == nil {
 		err = node.CopyBackupPayload(io.Discard, f, h)
 	}
 	if err != nil {
-		return fmt.Errorf("snapshot restore: %s: %w", file, err)
+		_ = f.Close() // read only; the check's error is the one to report
+		return nil, node.BackupHeader{}, fmt.Errorf("%s: %w", file, err)
 	}
+	return f, h, nil
+}
+
+// snapshotRestore checks file and sends it to the leader.
+func snapshotRestore(ctx context.Context, o opsFlags, file string, force bool, stdout, stderr io.Writer) error {
+	f, h, err := openBackup(file)
+	if err != nil {
+		return fmt.Errorf("snapshot restore: %w", err)
+	}
+	defer f.Close()
 	size := node.BackupHeaderSize + int64(h.Length)
 	path := "/cluster/restore"
 	if force {
@@ -256,19 +262,12 @@ func snapshotRestore(ctx context.Context, o opsFlags, file string, force bool, s
 
 // snapshotInspect checks a backup file offline: header, checksum, decode.
 func snapshotInspect(file string, stdout io.Writer) error {
-	f, err := os.Open(file)
+	f, h, err := openBackup(file)
 	if err != nil {
 		return fmt.Errorf("snapshot inspect: %w", err)
 	}
 	defer f.Close()
-	h, err := node.ReadBackupHeader(f)
-	if err == nil {
-		err = node.CopyBackupPayload(io.Discard, f, h)
-	}
-	if err != nil {
-		return fmt.Errorf("snapshot inspect: %s: %w", file, err)
-	}
-	sessions, err := decodedSessions(file, h)
+	sessions, err := decodedSessions(f, h)
 	if err != nil {
 		return fmt.Errorf("snapshot inspect: %w", err)
 	}
